@@ -1,0 +1,89 @@
+"""The paper's recipe: every field veinjax reads, with its default.
+
+ResNet34-UNet, 512x512 grayscale, Adam 1e-3, binary cross-entropy, 10 epochs, evaluation each epoch,
+best checkpoint by mIoU, on the built-in synthetic vein phantom.
+
+Other configs import `get_config()` from here and override only what differs. Override any field on the
+command line: `python train.py --config=configs/default.py --config.num_epochs=3 --workdir=/tmp/run`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # ---- Model (veinjax.models.create_model) ----
+  config.model = "resnet34_unet"  # resnet34_unet | unet | fcn8s | deeplabv3plus
+  config.encoder = "resnet34"  # resnet18 | resnet34 | resnet50 (ResNet-based models only)
+  config.num_classes = 1  # 1 = one sigmoid "vein" logit; > 1 = softmax over classes (background first)
+
+  # ---- Data (veinjax.data) ----
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "vein_phantom"  # vein_phantom | folder | usgra_seg
+  # Where TFDS builders write their prepared data; "" = TFDS's default (~/tensorflow_datasets).
+  config.dataset.data_dir = ""
+  # usgra_seg: a clone of github.com/tmkand/usgra-seg. folder: the root of the user's folder.
+  config.dataset.root = ""
+  config.dataset.usgra_config = "vessel"  # usgra_seg only: vessel (binary, label 2) | nerve_vessel (3 classes)
+  # vein_phantom only: how many examples to generate per split and at which size (the paper: 300 / 200).
+  config.dataset.phantom_num_train = 300
+  config.dataset.phantom_num_test = 200
+  config.dataset.phantom_size = 512
+  # folder only: Labelme label name -> class index (anything not listed is an error, never background).
+  config.dataset.labelme_labels = {"vein": 1}
+  # folder only: mask PNG value -> class index, as "value:class" pairs; every other value is an error.
+  config.dataset.mask_values = "0:0,255:1"
+  # folder only, single folder with no train/test sub-folders: fraction held out for test (seeded split).
+  config.dataset.test_fraction = 0.4
+  # Carved from train (seeded) when the dataset has no validation split; used to pick the best checkpoint.
+  config.dataset.validation_fraction = 0.1
+  config.dataset.on_bad_example = "error"  # error | skip (skip logs each file and the count)
+
+  # ---- Input pipeline ----
+  config.image_size = 512  # model input H = W; must be divisible by 32
+  config.resize_method = "resize"  # resize | letterbox | crop
+  config.in_channels = 1  # 1 = the paper's 8-bit grayscale; 3 = RGB
+
+  config.augment = ml_collections.ConfigDict()
+  config.augment.enabled = True
+  config.augment.rotation_degrees = 15.0  # uniform in [-r, r]
+  config.augment.hflip = True
+  config.augment.vflip = False  # depth has meaning in ultrasound: off by default
+  config.augment.shift_fraction = 0.1  # of the image size, each axis
+  config.augment.scale_range = (0.9, 1.1)
+  config.augment.projective = 0.0  # strength of the random projective ("projection") warp; 0 = off
+  config.augment.brightness = 0.1  # additive, uniform in [-b, b] on [0, 1] intensities
+  config.augment.contrast = 0.2  # multiplicative, uniform in [1 - c, 1 + c]
+  config.augment.gamma = 0.0  # gamma uniform in [1 - g, 1 + g]; 0 = off
+  config.augment.speckle = 0.0  # std of multiplicative speckle noise; 0 = off
+
+  config.batch_size = 4  # global, across all devices and hosts
+  config.eval_batch_size = 8
+  config.shuffle_buffer = 512
+
+  # ---- Optimisation ----
+  config.num_epochs = 10
+  config.optimizer = "adam"
+  config.learning_rate = 1e-3
+  config.lr_schedule = "constant"  # constant | cosine (with warmup_epochs of linear warmup)
+  config.warmup_epochs = 0.0
+  config.weight_decay = 0.0  # > 0 switches Adam to AdamW
+  config.grad_clip_norm = 0.0  # 0 = no clipping
+  config.loss = "bce"  # bce | dice | bce_dice | focal (softmax cross-entropy when num_classes > 1)
+  config.half_precision = False  # bf16 computation; float32 parameters and loss
+
+  # ---- Parallelism ----
+  config.parallelism = "pmap"  # pmap | jit
+
+  # ---- Evaluation, checkpoints, logging ----
+  config.eval_every_epochs = 1
+  config.eval_split = "validation"  # where the best checkpoint is chosen; "test" = the paper's own practice
+  config.best_metric = "miou"  # any key of the metrics dict; higher is better
+  config.keep_checkpoints = 2  # latest N kept besides the best
+  config.log_every_steps = 10
+  config.num_summary_images = 3
+  config.pixel_spacing_mm = 0.0  # > 0 also reports HD95 in millimetres
+
+  return config
