@@ -57,11 +57,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.brightness = 0.1  # additive, uniform in [-b, b] on [0, 1] intensities
   config.augment.contrast = 0.2  # multiplicative, uniform in [1 - c, 1 + c]
   config.augment.gamma = 0.0  # gamma uniform in [1 - g, 1 + g]; 0 = off
-  config.augment.speckle = 0.0  # std of multiplicative speckle noise; 0 = off
+  config.augment.speckle = 0.0  # std of multiplicative speckle noise (uniform, mean 1); 0 = off
 
   config.batch_size = 4  # global, across all devices and hosts
   config.eval_batch_size = 8
-  config.shuffle_buffer = 512
 
   # ---- Optimisation ----
   config.num_epochs = 10
@@ -82,8 +81,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_split = "validation"  # where the best checkpoint is chosen; "test" = the paper's own practice
   config.best_metric = "miou"  # any key of the metrics dict; higher is better
   config.keep_checkpoints = 2  # latest N kept besides the best
+  config.checkpoint_every_steps = 0  # also checkpoint mid-epoch every N steps (long epochs); 0 = epoch ends only
   config.log_every_steps = 10
   config.num_summary_images = 3
   config.pixel_spacing_mm = 0.0  # > 0 also reports HD95 in millimetres
+
+  # ---- compare: the paper reproduction (python -m veinjax.experiments.compare) ----
+  # Read only by veinjax.experiments.compare; each run it trains gets this config without this block.
+  config.compare = ml_collections.ConfigDict()
+  config.compare.models = "resnet34_unet,deeplabv3plus,fcn8s,unet"  # comma-separated, in table order
+  config.compare.num_seeds = 1  # > 1: seeds config.seed .. config.seed + n - 1, mean +- std in the table
+  config.compare.timing_runs = 20  # inference ms per frame = the median of this many batch-1 runs
+  config.compare.num_figure_images = 3  # rows of fig5.png: the first test images with foreground
 
   return config

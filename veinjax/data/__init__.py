@@ -1,0 +1,5 @@
+"""veinjax's data: the vein phantom, folder/Labelme and usgra-seg readers, TFDS builders, the input pipeline.
+
+The entry point is `veinjax.data.sources.load_raw_split(config, split)`. Submodules are imported on use, so
+that importing this package pulls in neither TensorFlow nor TFDS.
+"""

@@ -1,0 +1,134 @@
+"""Rasterising Labelme JSON annotations into class-index masks.
+
+A Labelme file (https://github.com/wkentaro/labelme) lists `shapes`, each with a `label`, a `shape_type` and
+`points` in image pixel coordinates (x right, y down). Supported shape types, which enclose an area:
+
+- `polygon` (3 or more points; also a shape without `shape_type`, as in old Labelme files),
+- `rectangle` (two opposite corners; four corners are treated as a polygon),
+- `circle` (the centre, then a point on the circle).
+
+Lines, line strips and points enclose no area and are rejected, as is Labelme's `mask` shape type: redraw
+them as polygons, or provide a mask PNG instead. Shapes are drawn in file order, so a later shape overwrites an
+earlier one where they overlap (as in Labelme's own export); the rest of the image is class 0 (background).
+
+Every label must be mapped to a class by the caller's `label_map` (config.dataset.labelme_labels, e.g.
+{"vein": 1}); an unmapped label is an error naming the file, the label and that flag, never background.
+Rasterisation uses PIL's polygon/ellipse drawing with the outline included, the convention of Labelme's own
+mask export, so masks exported by Labelme and masks rasterised here agree.
+"""
+
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+from PIL import ImageDraw
+
+from veinjax.data.decode import BadExampleError
+
+PathLike = Union[str, Path]
+
+_LABELS_FLAG = "--config.dataset.labelme_labels"
+_AREA_SHAPES = ("polygon", "rectangle", "circle")
+
+
+def _points(shape: dict, index: int, source: str) -> list:
+  try:
+    points = [(float(x), float(y)) for x, y in shape["points"]]
+  except (KeyError, TypeError, ValueError):
+    raise BadExampleError(f"{source}: shape {index} (label {shape.get('label')!r}) has no valid 'points' "
+                          f"list of [x, y] pairs; fix or delete the shape in Labelme.") from None
+  return points
+
+
+def rasterize(shapes: Sequence[dict], height: int, width: int, label_map: Mapping[str, int],
+              source: str = "<labelme>") -> np.ndarray:
+  """Draws Labelme shapes into a uint8 [height, width] class mask.
+
+  Args:
+    shapes: the `shapes` list of a Labelme file.
+    height, width: mask size (the image's).
+    label_map: label name -> class index (1..255; 0 is background).
+    source: the file name, for error messages.
+
+  Returns:
+    uint8 [height, width]; 0 where no shape covers a pixel.
+  """
+  canvas = Image.new("L", (width, height), 0)
+  draw = ImageDraw.Draw(canvas)
+  for index, shape in enumerate(shapes):
+    if not isinstance(shape, dict):
+      raise BadExampleError(f"{source}: shape {index} is not a JSON object; is this a Labelme file?")
+    label = shape.get("label")
+    if label not in label_map:
+      raise BadExampleError(
+          f"{source}: Labelme label {label!r} (shape {index}) is not mapped to a class by "
+          f"{_LABELS_FLAG} (now {dict(label_map)}). Add it in your config file, e.g. "
+          f"config.dataset.labelme_labels = {dict(label_map, **{label: 1})!r} ({_LABELS_FLAG}.<label>=N "
+          f"on the command line changes only labels already listed), or rename the label in Labelme.")
+    value = int(label_map[label])
+    shape_type = shape.get("shape_type") or "polygon"
+    points = _points(shape, index, source)
+    if shape_type == "rectangle" and len(points) == 4:
+      shape_type = "polygon"
+    if shape_type not in _AREA_SHAPES:
+      raise BadExampleError(
+          f"{source}: shape {index} (label {label!r}) has shape_type {shape_type!r}, which encloses no area "
+          f"that can be rasterised; supported: {', '.join(_AREA_SHAPES)}. Redraw it as a polygon in Labelme, "
+          f"or provide a mask PNG instead.")
+    if shape_type == "polygon":
+      if len(points) < 3:
+        raise BadExampleError(f"{source}: polygon {index} (label {label!r}) has {len(points)} points; "
+                              f"a polygon needs at least 3.")
+      draw.polygon(points, fill=value, outline=value)
+    elif shape_type == "rectangle":
+      if len(points) != 2:
+        raise BadExampleError(f"{source}: rectangle {index} (label {label!r}) has {len(points)} points; "
+                              f"expected 2 opposite corners.")
+      (x0, y0), (x1, y1) = points
+      draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=value, outline=value)
+    else:  # circle
+      if len(points) != 2:
+        raise BadExampleError(f"{source}: circle {index} (label {label!r}) has {len(points)} points; "
+                              f"expected the centre and a point on the circle.")
+      (cx, cy), (px, py) = points
+      r = math.hypot(px - cx, py - cy)
+      draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=value, outline=value)
+  return np.asarray(canvas, dtype=np.uint8).copy()
+
+
+def read_labelme(path: PathLike, label_map: Mapping[str, int],
+                 image_size: Optional[Tuple[int, int]] = None, image_path: Optional[PathLike] = None
+                 ) -> np.ndarray:
+  """Reads a Labelme JSON file into a uint8 [H, W] class mask.
+
+  Args:
+    path: the JSON file.
+    label_map: label name -> class index.
+    image_size: (height, width) of the image it annotates; the file's imageHeight/imageWidth must agree.
+      Required when the file does not state them.
+    image_path: the image file, named in the size-mismatch error.
+  """
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except FileNotFoundError:
+    raise BadExampleError(f"Labelme file not found: {path}") from None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise BadExampleError(f"cannot read Labelme file {path}: {e}. The file is corrupt or truncated; "
+                          f"re-save it from Labelme.") from None
+  if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
+    raise BadExampleError(f"{path} is not a Labelme annotation file (no 'shapes' list).")
+  stated = (data.get("imageHeight"), data.get("imageWidth"))
+  if image_size is None:
+    if None in stated:
+      raise BadExampleError(f"{path}: no imageHeight/imageWidth, so the mask size is unknown.")
+    image_size = (int(stated[0]), int(stated[1]))
+  elif None not in stated and (int(stated[0]), int(stated[1])) != tuple(image_size):
+    raise BadExampleError(
+        f"size mismatch: Labelme file {path} was made for a {stated[1]}x{stated[0]} (WxH) image, but image "
+        f"{image_path or '(its image)'} is {image_size[1]}x{image_size[0]}. Re-annotate the resized image, or "
+        f"use the original one.")
+  return rasterize(data["shapes"], image_size[0], image_size[1], label_map, source=str(path))

@@ -1,0 +1,326 @@
+"""A synthetic B-mode phantom of shallow veins in transverse section (numpy only, deterministic by seed).
+
+`generate_example(seed, size)` returns one frame and its vein mask. The frame imitates a linear-probe
+transverse scan of the forearm or leg:
+
+- anatomy, as an echogenicity (reflectivity) map: a near-field band, the skin line, subcutaneous fat with
+  hypoechoic lobules between echogenic septa, one or two fascia lines, muscle with oblique striation, and
+  sometimes a bone surface deep down;
+- 1 to 3 veins (the foreground, mask value 1), most in the subcutaneous fat: oval and often flattened by
+  probe pressure, slightly irregular, anechoic lumen (about a third with faint "smoke" from slow flow), a thin
+  echogenic wall that is brightest where the beam meets it at right angles (top and bottom);
+- 0 to 2 arteries (background distractors): round, thick bright wall, equally dark lumen, at or below the
+  deep fascia;
+- acoustics along each beam (image column): cumulative attenuation with partial time-gain compensation,
+  so fluid (little attenuation) brightens the tissue below a vessel (posterior enhancement) while bone and the
+  lateral edges of vessels (refraction) cast shadows; multiplicative Rayleigh speckle; electronic noise that
+  the gain amplifies with depth; log compression with a random dynamic range, gain and contrast.
+
+Everything is drawn relative to the image size and generated at the requested size directly, so a 128x128
+frame is the same scene as its 512x512 counterpart (same seed), with speckle as coarse as a downsized frame.
+Intensity alone does not separate veins from arteries, dark fat lobules and shadows; shape, wall and position do.
+
+The mask labels the vein lumen: pixels whose centre lies inside the inner wall boundary.
+"""
+
+from typing import Sequence, Tuple, Union
+
+import numpy as np
+
+Seed = Union[int, Sequence[int]]
+
+# The generator's geometry and speckle grain are specified for this reference size and scaled from it.
+_REFERENCE_SIZE = 512
+
+
+def _smooth_field(rng: np.random.Generator, height: int, width: int, cells: float,
+                  cells_y: float = 0.0, rows: slice = slice(None)) -> np.ndarray:
+  """A smooth Gaussian random field with unit std: about `cells` correlation lengths across the width and
+  `cells_y` down the height (default: isotropic). `rows` computes only those rows of the same field.
+
+  Low-rank: Gaussian-kernel interpolation matrices applied to a coarse white-noise grid, two small matmuls.
+  """
+  gx = int(np.ceil(cells)) + 4
+  gy = int(np.ceil(cells_y or cells * height / width)) + 4
+  noise = rng.standard_normal((gy, gx)).astype(np.float32)
+
+  def kernel(n: int, g: int) -> np.ndarray:
+    # Grid nodes extend 2 cells beyond the image on each side, so the edges are as random as the middle.
+    nodes = (np.arange(g, dtype=np.float32) - 2.0) / (g - 4)
+    pos = (np.arange(n, dtype=np.float32) + 0.5) / n
+    k = np.exp(-0.5 * ((pos[:, None] - nodes[None, :]) * (g - 4)) ** 2)
+    return k / np.sqrt((k**2).sum(axis=1, keepdims=True))
+
+  # Kernel rows have unit L2 norm, so the field has unit variance without measuring it.
+  return kernel(height, gy)[rows] @ noise @ kernel(width, gx).T
+
+
+def _blur_1d(x: np.ndarray, sigma: float, axis: int) -> np.ndarray:
+  """Separable Gaussian blur along the last or second-to-last axis with a short kernel (edges replicated)."""
+  if sigma < 0.3:
+    return x
+  radius = int(np.ceil(2.0 * sigma))
+  taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2).astype(np.float32)
+  taps /= taps.sum()
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (radius, radius)
+  xp = np.pad(x, pad, mode="edge")
+  n = x.shape[axis]
+  index = [slice(None)] * x.ndim
+  out = np.zeros_like(x)
+  for i, w in enumerate(taps):
+    index[axis] = slice(i, i + n)  # a view: no copy per tap
+    out += w * xp[tuple(index)]
+  return out
+
+
+def _speckle_intensity(rng: np.random.Generator, size: int) -> np.ndarray:
+  """Multiplicative speckle intensity with unit mean (its square root is the Rayleigh-distributed amplitude).
+
+  At the reference size and above: the squared magnitude of a spatially correlated complex Gaussian field
+  (grain wider laterally than axially, as for a linear probe). Below it a pixel covers several resolution
+  cells, so its intensity is the mean of k exponential intensities (Gamma(k)): the speckle of a downsized
+  frame, without generating the large one.
+  """
+  scale = size / _REFERENCE_SIZE
+  if scale >= 0.75:
+    z = rng.standard_normal((2, size, size), dtype=np.float32)
+    z = _blur_1d(_blur_1d(z, 1.1 * scale, axis=2), 0.6 * scale, axis=1)
+    intensity = z[0] ** 2 + z[1] ** 2
+    return intensity / intensity.mean()
+  k = max(1.0, 0.25 / scale**2)
+  return rng.gamma(k, 1.0 / k, size=(size, size)).astype(np.float32)
+
+
+def _dots(rng: np.random.Generator, size: int, density: float) -> np.ndarray:
+  """Sparse small bright blobs (about `density` of the reference-size pixels): the "starry" muscle texture."""
+  scale = size / _REFERENCE_SIZE
+  count = int(round(density * _REFERENCE_SIZE**2))
+  field = np.zeros(size * size, dtype=np.float32)
+  # Blobs of a fixed physical size: at small sizes each covers less than a pixel, so it is dimmer.
+  field[rng.integers(0, size * size, count)] = rng.uniform(0.5, 1.5, count).astype(np.float32) * min(scale, 1.0)**2 * 15
+  field = field.reshape(size, size)
+  sigma = max(1.4 * scale, 0.5)
+  return np.clip(_blur_1d(_blur_1d(field, sigma, axis=1), 0.6 * sigma, axis=0), 0, 2)
+
+
+class _Vessel:
+  """Geometry of one vessel: an (optionally irregular) rotated ellipse with a wall of given thickness."""
+
+  def __init__(self, cx, cy, a, b, angle, wall, harmonics, is_vein):
+    self.cx, self.cy, self.a, self.b, self.angle, self.wall = cx, cy, a, b, angle, wall
+    self.harmonics = harmonics  # [(k, amplitude, phase)] perturbations of the boundary radius
+    self.is_vein = is_vein
+
+  @property
+  def outer_radius(self) -> float:
+    return max(self.a, self.b) * (1 + sum(abs(h[1]) for h in self.harmonics)) + self.wall
+
+  def signed_distance(self, ys: np.ndarray, xs: np.ndarray):
+    """First-order signed distance (pixels) to the inner wall boundary, and the boundary normal (nx, ny)."""
+    c, s = np.cos(self.angle), np.sin(self.angle)
+    dx, dy = xs - self.cx, ys - self.cy
+    u, v = c * dx + s * dy, -s * dx + c * dy
+    q = np.sqrt((u / self.a) ** 2 + (v / self.b) ** 2) + 1e-6
+    phi = np.arctan2(v / self.b, u / self.a)
+    r = np.ones_like(q)
+    for k, amp, phase in self.harmonics:
+      r += amp * np.cos(k * phi + phase)
+    gu, gv = u / self.a**2, v / self.b**2  # gradient of q (times q), in the vessel's frame
+    gnorm = np.sqrt(gu**2 + gv**2) + 1e-6
+    dist = (q - r) * q / gnorm
+    nu, nv = gu / gnorm, gv / gnorm
+    return dist, c * nu - s * nv, s * nu + c * nv
+
+
+def _place_vessels(rng: np.random.Generator, size: int, skin: float, fascia: float) -> list:
+  """Draws 1-3 veins and 0-2 arteries that overlap neither each other, the skin nor the image border.
+
+  Most veins are superficial (in the subcutaneous fat, above the deep fascia at depth `fascia`); arteries
+  and the remaining veins lie deeper.
+  """
+  vessels = []
+
+  def try_place(make):
+    for _ in range(50):
+      cand = make()
+      rad = cand.outer_radius
+      if cand.cy - rad < skin + 0.02 * size or cand.cy + rad > 0.95 * size:
+        continue
+      if cand.cx - rad < 0.01 * size or cand.cx + rad > 0.99 * size:
+        continue
+      if any(np.hypot(cand.cx - o.cx, cand.cy - o.cy) < rad + o.outer_radius + 0.02 * size for o in vessels):
+        continue
+      vessels.append(cand)
+      return
+
+  def vein():
+    a = rng.uniform(0.065, 0.13) * size
+    b = max(a * rng.uniform(0.42, 0.8), 0.035 * size)
+    if rng.random() < 0.7:
+      cy = rng.uniform(skin + 0.5 * b, fascia)
+    else:
+      cy = rng.uniform(fascia, 0.75 * size)
+    harmonics = [(k, rng.uniform(-0.05, 0.05), rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4)]
+    return _Vessel(rng.uniform(0.12, 0.88) * size, cy, a, b, rng.normal(0.0, 0.12),
+                   rng.uniform(0.006, 0.01) * size, harmonics, True)
+
+  def artery():
+    a = rng.uniform(0.05, 0.095) * size
+    cy = rng.uniform(max(fascia - 0.05 * size, 0.3 * size), 0.8 * size)
+    return _Vessel(rng.uniform(0.12, 0.88) * size, cy, a, a * rng.uniform(0.9, 1.0), rng.uniform(0, np.pi),
+                   rng.uniform(0.02, 0.03) * size, [], False)
+
+  num_veins = int(rng.integers(1, 4))
+  num_arteries = int(rng.choice(3, p=[0.2, 0.4, 0.4]))
+  for _ in range(num_veins):
+    try_place(vein)
+  if not vessels:  # Could not fit one (very unlikely): a small centred vein.
+    a = 0.07 * size
+    vessels.append(_Vessel(0.5 * size, 0.4 * size, a, 0.6 * a, 0.0, 0.008 * size, [], True))
+  for _ in range(num_arteries):
+    try_place(artery)
+  return vessels
+
+
+def generate_example(seed: Seed, size: int = 512) -> Tuple[np.ndarray, np.ndarray]:
+  """One phantom frame and its vein mask.
+
+  Args:
+    seed: int or sequence of ints (e.g. (split_code, index)); the same seed always gives the same example,
+      and the same scene at any size.
+    size: height = width in pixels (>= 32).
+
+  Returns:
+    image: uint8 [size, size] B-mode frame. mask: uint8 [size, size], 1 = vein lumen, 0 = everything else.
+  """
+  if size < 32:
+    raise ValueError(f"phantom size must be >= 32 pixels, got {size}")
+  rng = np.random.default_rng(seed)
+  # Scene parameters first, noise last, so the same seed gives the same scene at every size.
+  geo = np.random.default_rng(rng.integers(2**63))
+  noise_rng = np.random.default_rng(rng.integers(2**63))
+  n = size
+  ys = (np.arange(n, dtype=np.float32) + 0.5)[:, None]
+  xs = (np.arange(n, dtype=np.float32) + 0.5)[None, :]
+  yn = ys / n  # normalised depth, 0 at the probe
+
+  # ---- Anatomy: echogenicity map (linear amplitude, tissue ~ 0.2..1) ----
+  skin = geo.uniform(0.025, 0.05) * n
+  skin_thick = geo.uniform(0.012, 0.022) * n
+  fascia_depth = geo.uniform(0.35, 0.6) * n
+  wave = _smooth_field(geo, 1, n, 3)[0] * 0.015 * n
+  fascia_y = fascia_depth + wave  # [n] depth of the deep fascia per column
+  fat_level = geo.uniform(0.18, 0.32)
+  muscle_level = geo.uniform(0.38, 0.55)
+
+  # Subcutaneous fat above the deep fascia, muscle below; each is computed only down (up) to where the
+  # smooth transition between them ends.
+  fat_rows = slice(0, min(int(np.ceil(fascia_y.max() + 0.04 * n)) + 1, n))
+  muscle_rows = slice(max(int(np.floor(fascia_y.min() - 0.04 * n)), 0), n)
+
+  # Fat lobules: flattened cells (stretched along the skin) separated by thin echogenic septa, which are
+  # drawn as the zero level lines of a smooth random field.
+  cells = geo.uniform(7, 12)
+  lobules = _smooth_field(geo, n, n, cells, 2.2 * cells, rows=fat_rows)
+  septa = np.exp(-((lobules / geo.uniform(0.1, 0.16)) ** 2))
+  fat = fat_level * (1.0 + 0.5 * np.tanh(lobules)) + geo.uniform(0.4, 0.8) * septa
+
+  # Muscle: perimysium as short, broken, oblique echogenic streaks, and a "starry" fibre-bundle texture.
+  stri_angle = geo.uniform(-0.5, 0.5)
+  period = geo.uniform(0.03, 0.06) * n
+  y_mus = ys[muscle_rows]
+  warp = _smooth_field(geo, n, n, 4, rows=muscle_rows) * 0.05 * n
+  phase = (y_mus * np.cos(stri_angle) + xs * np.sin(stri_angle) + warp) * (2 * np.pi / period)
+  # Lines at least ~1.5 px wide, and faded out where the period nears 2 px: no aliasing at small sizes.
+  sharpness = max(0.05, (2.2 / period) ** 2)
+  visible = np.clip((period - 2.5) / 3.0, 0.0, 1.0)
+  streaks = np.clip(_smooth_field(geo, n, n, 14, rows=muscle_rows), 0, 2) * visible
+  stripes = np.exp(-(np.sin(phase) ** 2) / sharpness) * streaks
+  bundles = _smooth_field(geo, n, n, 8, rows=muscle_rows).clip(-1.5, 1.5)
+  muscle = muscle_level * (0.8 + 0.2 * bundles) + 0.45 * stripes
+  muscle += 0.5 * _dots(noise_rng, n, density=geo.uniform(0.001, 0.003))[muscle_rows]
+
+  echo = np.empty((n, n), dtype=np.float32)
+  top, bottom = muscle_rows.start, fat_rows.stop  # the transition rows, computed in both
+  echo[:top] = fat[:top]
+  echo[bottom:] = muscle[bottom - top:]
+  blend = 0.5 + 0.5 * np.tanh((ys[top:bottom] - fascia_y[None, :]) / (0.008 * n))
+  echo[top:bottom] = fat[top:] * (1 - blend) + muscle[:bottom - top] * blend
+
+  def band(center, half_width):
+    return np.exp(-(((ys - center) / max(half_width, 0.6)) ** 2))
+
+  echo *= ys > skin  # gel above the skin is anechoic
+  echo += geo.uniform(0.9, 1.3) * band(skin + 0.5 * skin_thick, 0.5 * skin_thick)
+  echo += 0.35 * band(0.006 * n, 0.004 * n)  # transducer face / near-field reverberation
+  fascia_w = geo.uniform(0.004, 0.007) * n
+  echo += geo.uniform(0.7, 1.1) * np.exp(-(((ys - fascia_y[None, :]) / max(fascia_w, 0.6)) ** 2))
+  if geo.random() < 0.6:  # A faint superficial fascia inside the fat.
+    sup_y = skin + geo.uniform(0.35, 0.65) * (fascia_depth - skin) + _smooth_field(geo, 1, n, 3)[0] * 0.01 * n
+    echo += geo.uniform(0.25, 0.5) * np.exp(-(((ys - sup_y[None, :]) / max(0.6 * fascia_w, 0.6)) ** 2))
+
+  # Attenuation coefficients (per unit depth, relative): fluid hardly attenuates, bone blocks the beam.
+  mu = np.ones((n, n), dtype=np.float32)
+  if geo.random() < 0.35:  # A bone surface deep down: bright convex arc with a full shadow below.
+    xc, half = geo.uniform(0.2, 0.8) * n, geo.uniform(0.25, 0.5) * n
+    bone_y = geo.uniform(0.8, 0.92) * n + geo.uniform(0.05, 0.15) * n * ((xs - xc) / half) ** 2
+    extent = np.clip(1.5 - 1.5 * np.abs((xs - xc) / half) ** 2, 0, 1)  # soft lateral ends
+    echo += 1.6 * extent * np.exp(-(((ys - bone_y) / max(0.008 * n, 0.6)) ** 2))
+    mu += 40.0 * extent * (ys > bone_y)
+
+  # ---- Vessels ----
+  mask = np.zeros((n, n), dtype=np.uint8)
+  lumen_all = np.zeros((n, n), dtype=np.float32)
+  for vessel in _place_vessels(geo, n, skin + skin_thick, fascia_depth):
+    r = int(np.ceil(vessel.outer_radius)) + 2
+    y0, y1 = max(int(vessel.cy) - r, 0), min(int(vessel.cy) + r + 1, n)
+    x0, x1 = max(int(vessel.cx) - r, 0), min(int(vessel.cx) + r + 1, n)
+    dist, nx, ny = vessel.signed_distance(ys[y0:y1], xs[:, x0:x1])
+    lumen = np.clip(0.5 - dist, 0, 1)  # 1-pixel anti-aliased edge centred on the boundary
+    outer = np.clip(0.5 - (dist - vessel.wall), 0, 1)
+    wall = outer - lumen
+    if vessel.is_vein:
+      wall_echo = geo.uniform(1.0, 1.5) * (0.3 + 0.7 * ny**2)  # specular: brightest at top and bottom
+      lumen_echo = geo.uniform(0.015, 0.03)
+      if geo.random() < 0.35:  # slow flow: faint swirling "smoke" echoes fill the lumen
+        smoke = _smooth_field(geo, y1 - y0, x1 - x0, 3.0, 3.0)  # fixed grid: same draws at any size
+        lumen_echo = geo.uniform(0.15, 0.3) * fat_level * np.clip(1.0 + 0.5 * smoke, 0.2, 2.0)
+      mask[y0:y1, x0:x1] |= (dist < 0).astype(np.uint8)
+    else:
+      wall_echo = geo.uniform(1.0, 1.4) * (0.6 + 0.4 * ny**2)
+      lumen_echo = geo.uniform(0.015, 0.03)
+    sub = echo[y0:y1, x0:x1]
+    echo[y0:y1, x0:x1] = sub * (1 - outer) + wall * wall_echo + lumen * lumen_echo
+    lumen_all[y0:y1, x0:x1] = np.maximum(lumen_all[y0:y1, x0:x1], lumen)
+    # Refraction at the lateral edges: extra loss where the wall runs along the beam -> edge shadows below.
+    mu[y0:y1, x0:x1] += geo.uniform(1.0, 5.0) * wall * nx**8
+  mu -= 0.9 * lumen_all  # blood attenuates ~10x less than tissue -> posterior enhancement
+
+  # ---- Acoustics along each column: attenuation, TGC, speckle, noise, log compression ----
+  alpha = geo.uniform(2.0, 3.5)  # total tissue attenuation over the depth, nepers (amplitude)
+  tgc = alpha * geo.uniform(0.65, 1.0)  # the operator's gain compensates most of it
+  path = np.cumsum(mu, axis=0) / n
+  amplitude = echo * np.exp(-alpha * path + tgc * yn)
+  amplitude *= 1.0 - 0.25 * np.abs(xs / n - 0.5) ** 3  # slight lateral fall-off of the aperture
+  noise_level = geo.uniform(0.008, 0.016)
+  dynamic_range = geo.uniform(45.0, 60.0)  # dB shown between black and white
+  tissue_grey = geo.uniform(0.3, 0.6)  # where the operator's gain puts typical tissue (~0.4) on the screen
+  gamma = geo.uniform(0.85, 1.2)
+
+  # Received power: speckled echoes plus electronic noise amplified by the depth gain; log-compressed.
+  power = amplitude**2 * _speckle_intensity(noise_rng, n)
+  power += noise_rng.standard_exponential((n, n), dtype=np.float32) * (noise_level**2 * np.exp(2 * tgc * yn))
+  db = 10.0 * np.log10(power + 1e-12) - 20.0 * np.log10(0.4)
+  display = np.clip(db / dynamic_range + tissue_grey, 0.0, 1.0)
+  lut = np.round(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)  # contrast curve
+  image = lut[np.round(display * 255.0).astype(np.uint8)]
+  return image, mask
+
+
+def example_seed(split: str, index: int) -> Tuple[int, int]:
+  """The seed of example `index` of a phantom split (train and test never share a seed)."""
+  codes = {"train": 1, "test": 2, "validation": 3}
+  if split not in codes:
+    raise ValueError(f"unknown phantom split {split!r}; valid: {sorted(codes)}")
+  return (codes[split], int(index))

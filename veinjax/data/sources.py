@@ -1,0 +1,264 @@
+"""The single entry point to veinjax's datasets: raw (unaugmented, unresized) examples of one split.
+
+  load_raw_split(config, split) -> tf.data.Dataset of {'image': uint8 [H, W, config.in_channels],
+                                                       'mask': uint8 [H, W] class indices, 'id': tf.string}
+  num_examples(config, split) -> int
+  num_classes(config) -> int   (including background: 2 for a binary vein mask)
+
+Datasets (config.dataset.name): `vein_phantom` (TFDS, generated locally), `usgra_seg` (TFDS, from a clone
+given by config.dataset.root), `folder` (the user's own folder, loaded into memory; no TFDS).
+
+Splits: "train", "validation", "test". A dataset without a validation split gets one carved from train,
+deterministically by config.seed, of config.dataset.validation_fraction of the train examples (train then
+excludes them); validation_fraction=0 means there is none. A single-folder `folder` dataset is first split
+into train/test by config.dataset.test_fraction the same way. Order is deterministic (the file / generation
+order); images may differ in size between examples, the input pipeline resizes them.
+
+Channels: config.in_channels=1 gives 8-bit grayscale (colour converted with the ITU-R 601 luma weights,
+0.299 R + 0.587 G + 0.114 B, rounded, as the paper's grayscale input), 3 gives RGB (grayscale replicated).
+"""
+
+import functools
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+DATASETS = ("vein_phantom", "folder", "usgra_seg")
+SPLITS = ("train", "validation", "test")
+
+# Salts of the seeded hold-outs, so the test and validation draws are independent of each other.
+_TEST_SALT, _VALIDATION_SALT = 1, 2
+
+
+def _check_config(config, split: str) -> None:
+  name = config.dataset.name
+  if name not in DATASETS:
+    raise ValueError(f"--config.dataset.name={name!r} is not a dataset; valid: {', '.join(DATASETS)}.")
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r} for dataset {name!r}; valid splits: {', '.join(SPLITS)}.")
+  if config.in_channels not in (1, 3):
+    raise ValueError(f"--config.in_channels={config.in_channels}; valid: 1 (grayscale) or 3 (RGB).")
+  if config.dataset.on_bad_example not in ("error", "skip"):
+    raise ValueError(f"--config.dataset.on_bad_example={config.dataset.on_bad_example!r}; valid: error, skip.")
+
+
+def holdout(n: int, fraction: float, seed: int, salt: int, what: str) -> np.ndarray:
+  """A seeded boolean selection of round(n * fraction) of n items (at least 1, leaving at least 1)."""
+  if not 0.0 <= fraction < 1.0:
+    raise ValueError(f"{what}={fraction}; it must be in [0, 1).")
+  selected = np.zeros(n, dtype=bool)
+  if fraction == 0.0:
+    return selected
+  if n < 2:
+    raise ValueError(f"cannot hold out {what}={fraction} of {n} example(s); add examples or set it to 0.")
+  count = min(max(int(round(n * fraction)), 1), n - 1)
+  order = np.random.default_rng([int(seed), salt]).permutation(n)
+  selected[order[:count]] = True
+  return selected
+
+
+def _no_split_error(config, split: str, why: str) -> ValueError:
+  fix = ("set --config.dataset.validation_fraction (e.g. 0.1) to carve one from train"
+         if split == "validation" else "set --config.dataset.test_fraction (e.g. 0.2) or add a test/ folder")
+  return ValueError(f"dataset {config.dataset.name!r} has no {split!r} split ({why}); {fix}, or evaluate on "
+                    f"another split (--config.eval_split).")
+
+
+# ---- Which examples: (base split of the underlying dataset, boolean selection over it or None = all) ----
+
+
+def _carve(config, split: str, base_splits: Dict[str, int]) -> Tuple[str, Optional[np.ndarray]]:
+  """Maps a split to (underlying split, selection). base_splits: underlying split -> example count."""
+  if split == "test":
+    if "test" not in base_splits:
+      raise _no_split_error(config, split, "it has none")
+    return "test", None
+  if "validation" in base_splits:  # The dataset's own validation split: nothing to carve.
+    return split, None
+  val = holdout(base_splits["train"], config.dataset.validation_fraction, config.seed, _VALIDATION_SALT,
+                "--config.dataset.validation_fraction")
+  if split == "validation":
+    if not val.any():
+      raise _no_split_error(config, split, "none is provided and --config.dataset.validation_fraction=0")
+    return "train", val
+  return "train", (~val if val.any() else None)
+
+
+# ---- TFDS datasets ----
+
+
+def _tfds_builder(config):
+  # TFDS is imported only when a TFDS dataset is used.
+  from veinjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+  ds = config.dataset
+  if ds.name == "vein_phantom":
+    builder = tfds_builders.phantom_builder(ds.data_dir, ds.phantom_size, ds.phantom_num_train,
+                                            ds.phantom_num_test)
+    tfds_builders.prepare(builder)
+  else:
+    builder = tfds_builders.usgra_builder(ds.data_dir, ds.usgra_config)
+    tfds_builders.prepare(builder, manual_dir=ds.root)
+  return builder
+
+
+def _tfds_split(config, split: str):
+  from veinjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+  builder = _tfds_builder(config)
+  counts = {name: info.num_examples for name, info in builder.info.splits.items()}
+  base, selection = _carve(config, split, counts)
+  ds = tfds_builders.read_split(builder, base)
+  if selection is not None:
+    keep = tf.constant(selection)
+
+    def selected(index, example):
+      del example
+      return tf.gather(keep, index)
+
+    def drop_index(index, example):
+      del index
+      return example
+
+    ds = ds.enumerate().filter(selected).map(drop_index)
+  count = int(selection.sum()) if selection is not None else counts[base]
+  return ds, count
+
+
+# ---- Folder dataset ----
+
+
+def _folder_split_files(config, split: str) -> List[Path]:
+  from veinjax.data import folder  # pylint: disable=g-import-not-at-top
+  layout = folder.find_layout(config.dataset.root)
+  if folder.SINGLE in layout:
+    files = folder.list_images(layout[folder.SINGLE])
+    test = holdout(len(files), config.dataset.test_fraction, config.seed, _TEST_SALT,
+                   "--config.dataset.test_fraction")
+    lists = {"train": [f for f, t in zip(files, test) if not t]}
+    if test.any():
+      lists["test"] = [f for f, t in zip(files, test) if t]
+  else:
+    lists = {name: folder.list_images(path) for name, path in layout.items()}
+  if split == "test" and "test" not in lists:
+    why = ("--config.dataset.test_fraction=0" if folder.SINGLE in layout
+           else f"no {Path(config.dataset.root) / 'test' / 'images'}")
+    raise _no_split_error(config, split, why)
+  base, selection = _carve(config, split, {k: len(v) for k, v in lists.items()})
+  files = lists[base]
+  return files if selection is None else [f for f, s in zip(files, selection) if s]
+
+
+def _stat_key(files: List[Path]) -> tuple:
+  """Identifies the files' current contents cheaply (path, size, mtime), so edits invalidate the cache."""
+  from veinjax.data import folder  # pylint: disable=g-import-not-at-top
+  key = []
+  for f in files:
+    for p in (f,) + folder.label_paths(f):
+      try:
+        st = os.stat(p)
+        key.append((str(p), st.st_size, st.st_mtime_ns))
+      except OSError:
+        key.append((str(p), None))
+  return tuple(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_folder_cached(key: tuple, files: tuple, mask_values: str, labelme_labels: tuple, on_bad: str,
+                        what: str):
+  del key  # Only part of the cache key.
+  from veinjax.data import folder  # pylint: disable=g-import-not-at-top
+  spec = folder.LabelSpec(folder.parse_mask_values(mask_values), dict(labelme_labels))
+  return folder.load_examples(list(files), spec, on_bad, what=what)
+
+
+def _folder_examples(config, split: str) -> list:
+  from veinjax.data import folder  # pylint: disable=g-import-not-at-top
+  files = _folder_split_files(config, split)
+  labels = tuple(sorted(folder.label_map_of(config.dataset.labelme_labels).items()))
+  folder.parse_mask_values(config.dataset.mask_values)  # Fails early on a bad flag.
+  return _load_folder_cached(_stat_key(files), tuple(files), str(config.dataset.mask_values), labels,
+                             config.dataset.on_bad_example, f"folder dataset's {split!r} split")
+
+
+def _folder_dataset(examples: list) -> tf.data.Dataset:
+  def gen():
+    for ex in examples:
+      yield {"image": ex["image"], "mask": ex["mask"], "id": ex["id"]}
+
+  return tf.data.Dataset.from_generator(gen, output_signature={
+      "image": tf.TensorSpec([None, None, None], tf.uint8),
+      "mask": tf.TensorSpec([None, None], tf.uint8),
+      "id": tf.TensorSpec([], tf.string),
+  })
+
+
+# ---- Public API ----
+
+
+def to_channels(image: tf.Tensor, in_channels: int) -> tf.Tensor:
+  """uint8 [H, W, 1 or 3] -> uint8 [H, W, in_channels]; RGB -> gray with the ITU-R 601 luma weights."""
+  def gray():
+    rgb = tf.cast(image, tf.int32)
+    # Integer weights summing to 1000: exact for gray pixels stored as RGB, rounded to nearest.
+    y = (299 * rgb[..., 0] + 587 * rgb[..., 1] + 114 * rgb[..., 2] + 500) // 1000
+    return tf.cast(y, tf.uint8)[..., None]
+
+  channels = image.shape[-1]
+  if in_channels == 1:
+    if channels == 1:
+      return image
+    if channels == 3:
+      return gray()
+    return tf.cond(tf.shape(image)[-1] == 3, gray, lambda: image[..., :1])
+  if channels == 3:
+    return image
+  if channels == 1:
+    return tf.tile(image, [1, 1, 3])
+  return tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]), lambda: image[..., :3])
+
+
+def load_raw_split(config, split: str) -> tf.data.Dataset:
+  """Raw examples of `split`, in a deterministic order (see the module docstring)."""
+  _check_config(config, split)
+  if config.dataset.name == "folder":
+    ds = _folder_dataset(_folder_examples(config, split))
+  else:
+    ds, _ = _tfds_split(config, split)
+  in_channels = config.in_channels
+
+  def finish(ex):
+    image = tf.ensure_shape(to_channels(ex["image"], in_channels), [None, None, in_channels])
+    mask = ex["mask"]
+    if mask.shape.rank == 3:
+      mask = mask[:, :, 0]
+    return {"image": image, "mask": mask, "id": ex["id"]}
+
+  return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def num_examples(config, split: str) -> int:
+  """How many examples load_raw_split(config, split) yields."""
+  _check_config(config, split)
+  if config.dataset.name == "folder":
+    return len(_folder_examples(config, split))
+  return _tfds_split(config, split)[1]
+
+
+def num_classes(config) -> int:
+  """Classes including background (2 for binary vein masks; config.num_classes=1 is its one-logit model)."""
+  name = config.dataset.name
+  if name == "vein_phantom":
+    return 2
+  if name == "usgra_seg":
+    return {"vessel": 2, "nerve_vessel": 3}.get(config.dataset.usgra_config) or _bad_usgra(config)
+  if name == "folder":
+    from veinjax.data import folder  # pylint: disable=g-import-not-at-top
+    return folder.num_classes(folder.label_spec(config.dataset))
+  raise ValueError(f"--config.dataset.name={name!r} is not a dataset; valid: {', '.join(DATASETS)}.")
+
+
+def _bad_usgra(config):
+  raise ValueError(f"--config.dataset.usgra_config={config.dataset.usgra_config!r}; valid: vessel, "
+                   f"nerve_vessel.")

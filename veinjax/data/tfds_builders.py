@@ -1,0 +1,201 @@
+"""TFDS builders: `vein_phantom` (generated locally) and `usgra_seg` (read from a local clone). No network.
+
+Both store 'image' (PNG, uint8 [H, W, C]), 'mask' (PNG, uint8 [H, W, 1], class indices already mapped) and
+'id' (text), in generation order (shuffling disabled, so reading is deterministic and ids come in order).
+
+- `vein_phantom`: `veinjax.data.phantom` frames. Its BuilderConfig carries the image size and the split sizes,
+  and its name encodes them ("512px_300_200"), so phantoms of different sizes/counts never collide in the
+  cache. Train example i is `phantom.generate_example(phantom.example_seed("train", i), size)`, test likewise.
+  Bump VERSION whenever the generator's output changes, so stale caches are not reused.
+- `usgra_seg`: github.com/tmkand/usgra-seg (CC BY 4.0) from a manual directory: a clone of the repository or
+  its `dataset/` folder. Train 204 (`dataset/images` + `dataset/masks`), test 40 (`dataset/test/...`). Configs:
+  `vessel` (binary: mask label 2 = blood vessel -> 1, everything else 0) and `nerve_vessel` (0 background,
+  1 nerve, 2 vessel). Images are stored as RGB (the set mixes grayscale and RGB files).
+
+Use `phantom_builder(...)` / `usgra_builder(...)` and `prepare(builder, manual_dir)`.
+"""
+
+import dataclasses
+import functools
+from pathlib import Path
+import re
+from typing import Optional
+
+import numpy as np
+
+import tensorflow_datasets as tfds
+
+from veinjax.data import decode
+from veinjax.data import phantom
+
+_ROOT_FLAG = "--config.dataset.root"
+
+
+def _features(channels: int) -> tfds.features.FeaturesDict:
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(None, None, channels), dtype=np.uint8, encoding_format="png"),
+      "mask": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8, encoding_format="png"),
+      "id": tfds.features.Text(),
+  })
+
+
+@dataclasses.dataclass(eq=False)
+class VeinPhantomConfig(tfds.core.BuilderConfig):
+  """Phantom image size (height = width) and split sizes."""
+  size: int = 512
+  num_train: int = 300
+  num_test: int = 200
+
+
+def phantom_config_name(size: int, num_train: int, num_test: int) -> str:
+  return f"{size}px_{num_train}_{num_test}"
+
+
+@functools.lru_cache(maxsize=None)
+def _phantom_config_from_name(name: str) -> Optional[VeinPhantomConfig]:
+  match = re.fullmatch(r"(\d+)px_(\d+)_(\d+)", name)
+  if not match:
+    return None
+  size, num_train, num_test = (int(g) for g in match.groups())
+  return VeinPhantomConfig(name=name, size=size, num_train=num_train, num_test=num_test,
+                           description=f"{num_train} train / {num_test} test at {size}x{size}.")
+
+
+class VeinPhantom(tfds.core.GeneratorBasedBuilder):
+  """The synthetic vein phantom: transverse B-mode frames with vein masks (1 = vein lumen)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First phantom generator."}
+  # The paper's split sizes at 512x512; any "<size>px_<num_train>_<num_test>" name is a valid config too.
+  BUILDER_CONFIGS = [_phantom_config_from_name(phantom_config_name(512, 300, 200))]
+
+  @classmethod
+  def get_builder_config(cls, name: str, version=None) -> Optional[VeinPhantomConfig]:
+    return super().get_builder_config(name, version) or _phantom_config_from_name(name)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description=phantom.__doc__.split("\n\n")[0],
+        features=_features(1),
+        supervised_keys=("image", "mask"),
+        disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Generated locally.
+    cfg = self.builder_config
+    return {"train": self._generate_examples("train", cfg.num_train),
+            "test": self._generate_examples("test", cfg.num_test)}
+
+  def _generate_examples(self, split: str, count: int):
+    for index in range(count):
+      image, mask = phantom.generate_example(phantom.example_seed(split, index), self.builder_config.size)
+      yield index, {"image": image[:, :, None], "mask": mask[:, :, None], "id": f"{split}_{index:05d}"}
+
+
+def usgra_dataset_dir(root) -> Path:
+  """The folder holding images/, masks/ and test/ in a usgra-seg clone (or its dataset/ folder itself)."""
+  root = Path(root).expanduser()
+  for candidate in (root / "dataset", root):
+    if (candidate / "images").is_dir() and (candidate / "masks").is_dir():
+      return candidate
+  raise ValueError(
+      f"no usgra-seg data at {_ROOT_FLAG}={str(root) or '(empty)'}: expected {root}/dataset/images and "
+      f"{root}/dataset/masks (a clone of github.com/tmkand/usgra-seg). Clone it and set {_ROOT_FLAG} to it.")
+
+
+class UsgraSeg(tfds.core.GeneratorBasedBuilder):
+  """usgra-seg: real regional-anaesthesia ultrasound with nerve and blood-vessel masks."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Train 204 / test 40 from the public repository's dataset/ folder."}
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(name="vessel", description="Binary: blood vessel (label 2) = 1, else 0."),
+      tfds.core.BuilderConfig(name="nerve_vessel", description="0 background, 1 nerve, 2 blood vessel."),
+  ]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      f"Clone https://github.com/tmkand/usgra-seg and pass its path as {_ROOT_FLAG} (the manual dir).")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description="usgra-seg (github.com/tmkand/usgra-seg, CC BY 4.0): Mindray TE7 / L14-6Ns scans for "
+                    "regional anaesthesia with Labelme-made nerve and vessel masks.",
+        features=_features(3),
+        supervised_keys=("image", "mask"),
+        homepage="https://github.com/tmkand/usgra-seg",
+        disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager):
+    pairs = usgra_pairs(dl_manager.manual_dir)
+    return {split: self._generate_examples(pairs[split]) for split in ("train", "test")}
+
+  def _generate_examples(self, pairs):
+    for path, mask_path in pairs:
+      image, values = decode.read_image(path), decode.read_mask(mask_path)
+      if image.shape[:2] != values.shape:
+        raise decode.BadExampleError(
+            f"size mismatch: image {path} is {image.shape[1]}x{image.shape[0]} but mask {mask_path} is "
+            f"{values.shape[1]}x{values.shape[0]}; re-clone the data.")
+      if values.max() > 2:
+        raise decode.BadExampleError(f"usgra-seg mask {mask_path} has value {values.max()}; expected 0 "
+                                     f"(background), 1 (nerve), 2 (vessel) only.")
+      if self.builder_config.name == "vessel":
+        values = values == 2
+      if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+      yield path.stem, {"image": image, "mask": values.astype(np.uint8)[:, :, None], "id": path.stem}
+
+
+def usgra_pairs(root) -> dict:
+  """{"train": [(image, mask), ...], "test": [...]}: the usgra-seg files, sorted, each image with its mask."""
+  base = usgra_dataset_dir(root)
+  pairs = {}
+  for split, folder in (("train", base), ("test", base / "test")):
+    images = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() == ".png")
+    if not images:
+      raise ValueError(f"no PNG images in {folder / 'images'}; is {_ROOT_FLAG} a complete usgra-seg clone?")
+    missing = [p.name for p in images if not (folder / "masks" / p.name).is_file()]
+    if missing:
+      raise ValueError(f"usgra-seg images without a mask in {folder / 'masks'}: {', '.join(missing[:5])}; "
+                       f"re-clone the data.")
+    pairs[split] = [(p, folder / "masks" / p.name) for p in images]
+  return pairs
+
+
+def phantom_builder(data_dir: Optional[str], size: int, num_train: int, num_test: int) -> VeinPhantom:
+  """The `vein_phantom` builder for this size and these split sizes (not prepared yet)."""
+  if size < 32 or num_train < 1 or num_test < 1:
+    raise ValueError(f"phantom needs size >= 32 and at least one train and one test example; got "
+                     f"--config.dataset.phantom_size={size}, phantom_num_train={num_train}, "
+                     f"phantom_num_test={num_test}.")
+  return VeinPhantom(config=phantom_config_name(size, num_train, num_test), data_dir=data_dir or None)
+
+
+def usgra_builder(data_dir: Optional[str], config_name: str) -> UsgraSeg:
+  """The `usgra_seg` builder with config `vessel` or `nerve_vessel` (not prepared yet)."""
+  if config_name not in UsgraSeg.builder_configs:
+    raise ValueError(f"--config.dataset.usgra_config={config_name!r}; valid: "
+                     f"{', '.join(UsgraSeg.builder_configs)}.")
+  return UsgraSeg(config=config_name, data_dir=data_dir or None)
+
+
+def prepare(builder: tfds.core.DatasetBuilder, manual_dir: Optional[str] = None,
+            max_examples_per_split: Optional[int] = None) -> None:
+  """Prepares the builder's data in its data_dir unless already there. Never touches the network.
+
+  max_examples_per_split: write only the first examples of each split (for quick tests).
+  """
+  if builder.is_prepared():
+    return
+  if manual_dir is not None:
+    usgra_dataset_dir(manual_dir)  # A clear error before TFDS's own.
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=str(Path(manual_dir).expanduser()) if manual_dir else None, try_download_gcs=False,
+      max_examples_per_split=max_examples_per_split))
+
+
+def read_split(builder: tfds.core.DatasetBuilder, split: str):
+  """A prepared split as a tf.data.Dataset of raw feature dicts, in generation order (deterministic)."""
+  return builder.as_dataset(split=split, shuffle_files=False,
+                            read_config=tfds.ReadConfig(interleave_cycle_length=1))
