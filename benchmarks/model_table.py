@@ -1,0 +1,76 @@
+r"""Prints the model table: parameters and forward GFLOPs per image for every model of the zoo.
+
+  python benchmarks/model_table.py                     # 512x512 grayscale, 1 class, batch 1
+  python benchmarks/model_table.py --size=256 --in_channels=3
+
+Parameters count weights, biases and BatchNorm scale and bias (not the BN running statistics).
+FLOPs are XLA's cost analysis of the compiled eval-mode forward pass (`train=False`), divided by the
+batch size; XLA counts a multiply-add as 2 FLOPs, so GMACs are half the figure. Nothing is allocated or
+run: parameters and input are abstract shapes, so this works on any machine (CPU compile only, slow).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from absl import app
+from absl import flags
+
+# Runnable as a script from anywhere in the checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+from veinjax import models  # noqa: E402
+from veinjax.models.cost import measure  # noqa: E402
+
+_MODELS = flags.DEFINE_list("models", list(models.MODEL_NAMES), "Models to measure.")
+_ENCODER = flags.DEFINE_string("encoder", models.DEFAULT_ENCODER, "Encoder of the ResNet-based models.")
+_SIZE = flags.DEFINE_integer("size", 512, "Input height and width (divisible by 32).")
+_IN_CHANNELS = flags.DEFINE_integer("in_channels", 1, "Input channels (1 grayscale, 3 RGB).")
+_NUM_CLASSES = flags.DEFINE_integer("num_classes", 1, "Output classes.")
+_BATCH = flags.DEFINE_integer("batch", 1, "Batch size compiled; FLOPs are reported per image.")
+
+
+_DESCRIPTIONS = {
+    "resnet34_unet": "U-Net decoder of smp `Unet` (the paper's model with resnet34)",
+    "unet": "U-Net (Ronneberger 2015), same padding, BN",
+    "fcn8s": "FCN-8s, fc6/fc7 4096 wide, bilinear upsampling",
+    "deeplabv3plus": "DeepLab v3+, output stride 16, ASPP 6/12/18",
+}
+
+
+def markdown_table(rows: Sequence[tuple[str, str, dict]], size: int, in_channels: int) -> str:
+  header = (
+      f"| model | encoder | description | parameters | forward GFLOPs / {size}x{size}x{in_channels} image |\n"
+      "|---|---|---|---:|---:|"
+  )
+  lines = [
+      f"| `{name}` | {encoder} | {_DESCRIPTIONS.get(name, '')} | {r['params']:,} | {r['gflops']:.1f} |"
+      for name, encoder, r in rows
+  ]
+  return "\n".join([header] + lines)
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  models.check_input_size(_SIZE.value, _SIZE.value)
+  rows = []
+  for name in _MODELS.value:
+    encoder = models.FIXED_ENCODERS.get(name, _ENCODER.value)
+    result = measure(name, _ENCODER.value, _SIZE.value, _IN_CHANNELS.value, _NUM_CLASSES.value, _BATCH.value)
+    rows.append((name, encoder, result))
+    print(f"measured {name}: {result}", file=sys.stderr, flush=True)
+  print(markdown_table(rows, _SIZE.value, _IN_CHANNELS.value))
+  print(
+      f"\nParameters: weights, biases, BN scale and bias (not running statistics), num_classes="
+      f"{_NUM_CLASSES.value}. GFLOPs: XLA cost analysis of the compiled eval forward pass on "
+      f"{jax.default_backend()}, per image; a multiply-add counts as 2 FLOPs (GMACs = GFLOPs / 2), and taps "
+      "that fall on zero padding are not counted."
+  )
+
+
+if __name__ == "__main__":
+  app.run(main)

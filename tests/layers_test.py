@@ -1,0 +1,246 @@
+"""Layer-level tests of the model zoo's bricks: pure `init_with_output` calls on tiny inputs."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from veinjax.models import fcn
+from veinjax.models import layers
+from veinjax.models import resnet
+from veinjax.models import unet
+
+jax.config.update("jax_disable_most_optimizations", True)
+
+CONV = layers.make_conv(jnp.float32)
+EVAL_NORM = layers.make_norm(train=False)
+
+
+def _x(shape, seed=0):
+  return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+
+
+def _shapes(module, *args, **kwargs):
+  """(output, variables) shapes without computing anything."""
+  return jax.eval_shape(lambda: module.init_with_output(jax.random.key(0), *args, **kwargs))
+
+
+# ---- Input size check ----
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "message"),
+    [
+        (100, 130, "input 100x130 is not divisible by 32: use 96x128 or 128x160 (resize, pad or crop)"),
+        (512, 500, "input 512x500 is not divisible by 32: use 512x480 or 512x512 (resize, pad or crop)"),
+        (20, 40, "input 20x40 is not divisible by 32: use 32x64 (resize, pad or crop)"),
+        (0, 64, "input 0x64 is not divisible by 32: use 32x64 (resize, pad or crop)"),
+    ],
+)
+def test_invalid_size_names_size_and_nearest_valid_sizes(height, width, message):
+  with pytest.raises(ValueError) as error:
+    layers.check_input_size(height, width)
+  assert str(error.value) == message
+
+
+@pytest.mark.parametrize(("height", "width"), [(32, 32), (512, 512), (96, 640)])
+def test_valid_sizes_pass(height, width):
+  layers.check_input_size(height, width)
+
+
+# ---- Convolution padding, upsampling, parameter count ----
+
+
+def test_stride2_conv_samples_like_pytorch():
+  """A 7x7/2 conv whose kernel is a centred delta picks x[::2, ::2] (PyTorch's padding 3).
+
+  XLA's "SAME" would pad (2, 3) and pick x[1::2, 1::2]: ported PyTorch weights would see a shifted image.
+  """
+  x = _x((1, 16, 16, 1))
+  conv = CONV(1, (7, 7), strides=(2, 2), padding=layers.conv_padding(7))
+  kernel = jnp.zeros((7, 7, 1, 1)).at[3, 3, 0, 0].set(1.0)
+  y = conv.apply({"params": {"kernel": kernel}}, x)
+  np.testing.assert_allclose(y, x[:, ::2, ::2], atol=1e-6)
+
+
+def test_upsample_nearest2x_repeats_each_pixel():
+  x = jnp.arange(6.0).reshape(1, 2, 3, 1)
+  y = layers.upsample_nearest2x(x)
+  assert y.shape == (1, 4, 6, 1)
+  np.testing.assert_array_equal(y[0, :, :, 0], np.kron(np.arange(6.0).reshape(2, 3), np.ones((2, 2))))
+
+
+def test_resize_bilinear_shape_dtype_and_constant():
+  x = jnp.full((2, 4, 8, 3), 1.5, jnp.bfloat16)
+  y = layers.resize_bilinear(x, 16, 32)
+  assert y.shape == (2, 16, 32, 3) and y.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(y, np.float32), 1.5)
+
+
+def test_count_params():
+  tree = {"a": jnp.zeros((3, 4)), "b": {"c": jnp.zeros((5,))}}
+  assert layers.count_params(tree) == 17
+
+
+def test_conv_bn_relu_is_non_negative_and_has_no_conv_bias():
+  (y, variables) = layers.ConvBNReLU(8, CONV, EVAL_NORM).init_with_output(jax.random.key(0), _x((1, 8, 8, 3)))
+  assert y.shape == (1, 8, 8, 8) and float(y.min()) >= 0.0
+  assert set(variables["params"]["conv"]) == {"kernel"}
+  assert set(variables["params"]["bn"]) == {"scale", "bias"}
+
+
+def test_cross_replica_batchnorm_uses_the_whole_batch():
+  """make_norm(axis_name=...) under vmap gives the statistics of all replicas together."""
+  x = _x((2, 3, 4, 4, 5))  # [replicas, per-replica batch, H, W, C]; replicas differ in distribution.
+  x = x.at[1].multiply(3.0).at[1].add(2.0)
+  synced = layers.ConvBNReLU(6, CONV, layers.make_norm(train=True, axis_name="batch"), act=False)
+  local = layers.ConvBNReLU(6, CONV, layers.make_norm(train=True), act=False)
+  variables = local.init(jax.random.key(0), x[0])
+
+  def run(module, x):
+    return module.apply(variables, x, mutable=["batch_stats"])
+
+  y_synced, stats = jax.vmap(functools.partial(run, synced), axis_name="batch")(x)
+  y_whole, whole_stats = run(local, x.reshape(6, 4, 4, 5))
+  np.testing.assert_allclose(y_synced.reshape(y_whole.shape), y_whole, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      stats["batch_stats"]["bn"]["mean"][0], whole_stats["batch_stats"]["bn"]["mean"], rtol=1e-5, atol=1e-6
+  )
+  # And without the axis name each replica normalises with its own statistics: different outputs.
+  y_local, _ = jax.vmap(functools.partial(run, local))(x)
+  assert not np.allclose(y_local.reshape(y_whole.shape), y_whole, atol=1e-2)
+
+
+# ---- Residual blocks ----
+
+
+def _zero_last_bn_scale(params, bn_name):
+  params = jax.tree.map(lambda p: p, params)  # Copy: keep the original intact.
+  params[bn_name]["scale"] = jnp.zeros_like(params[bn_name]["scale"])
+  return params
+
+
+@pytest.mark.parametrize(
+    ("block_cls", "features", "last_bn"),
+    [(resnet.BasicBlock, 16, "bn2"), (resnet.Bottleneck, 4, "bn3")],
+)
+def test_residual_block_is_identity_when_last_bn_scale_is_zero(block_cls, features, last_bn):
+  x = _x((2, 8, 8, 16))  # Has negative values: the output must be relu(x), not x.
+  block = block_cls(features, CONV, EVAL_NORM)
+  y, variables = block.init_with_output(jax.random.key(0), x)
+  assert y.shape == x.shape
+  assert "downsample_conv" not in variables["params"]  # Same shape: identity shortcut.
+  assert not np.allclose(y, nn.relu(x), atol=1e-3)  # The residual branch does contribute...
+  params = _zero_last_bn_scale(variables["params"], last_bn)
+  y0 = block.apply({"params": params, "batch_stats": variables["batch_stats"]}, x)
+  np.testing.assert_allclose(y0, nn.relu(x), atol=1e-6)  # ...until its last BN scale is zeroed.
+
+
+@pytest.mark.parametrize(("block_cls", "out_channels"), [(resnet.BasicBlock, 32), (resnet.Bottleneck, 128)])
+def test_residual_block_projects_when_the_shape_changes(block_cls, out_channels):
+  block = block_cls(32, CONV, EVAL_NORM, strides=2)
+  y, variables = _shapes(block, jnp.zeros((1, 16, 16, 16)))
+  assert y.shape == (1, 8, 8, out_channels)
+  assert variables["params"]["downsample_conv"]["kernel"].shape == (1, 1, 16, out_channels)
+  assert "downsample_bn" in variables["params"]
+
+
+def test_dilated_block_keeps_the_resolution():
+  block = resnet.BasicBlock(16, CONV, EVAL_NORM, dilation=2)
+  y, _ = _shapes(block, jnp.zeros((1, 8, 8, 16)))
+  assert y.shape == (1, 8, 8, 16)
+
+
+# ---- Encoders ----
+
+
+@pytest.mark.parametrize(
+    ("encoder", "channels"),
+    [
+        (resnet.ResNet18, (64, 64, 128, 256, 512)),
+        (resnet.ResNet34, (64, 64, 128, 256, 512)),
+        (resnet.ResNet50, (64, 256, 512, 1024, 2048)),
+        (fcn.VGG16, (64, 128, 256, 512, 512)),
+    ],
+)
+def test_encoder_features_match_declared_strides_and_channels(encoder, channels):
+  module = encoder()
+  features, _ = _shapes(module, jnp.zeros((1, 64, 96, 1)))
+  assert module.out_channels == channels
+  assert module.reductions == (2, 4, 8, 16, 32)
+  expected = [(1, 64 // s, 96 // s, c) for s, c in zip(module.reductions, channels)]
+  assert [f.shape for f in features] == expected
+
+
+@pytest.mark.parametrize(("output_stride", "reductions"), [(16, (2, 4, 8, 16, 16)), (8, (2, 4, 8, 8, 8))])
+def test_dilated_resnet_output_stride(output_stride, reductions):
+  module = resnet.ResNet34(output_stride=output_stride)
+  features, variables = _shapes(module, jnp.zeros((1, 64, 64, 1)))
+  assert module.reductions == reductions
+  assert [f.shape[1] for f in features] == [64 // s for s in reductions]
+  # Dilation replaces the stride without changing any parameter.
+  _, plain = _shapes(resnet.ResNet34(), jnp.zeros((1, 64, 64, 1)))
+  assert jax.tree.map(lambda a: a.shape, variables) == jax.tree.map(lambda a: a.shape, plain)
+
+
+def test_bad_output_stride():
+  with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32"):
+    _shapes(resnet.ResNet34(output_stride=4), jnp.zeros((1, 64, 64, 1)))
+
+
+def test_unet_encoder_strides_and_channels():
+  module = unet.UNetEncoder()
+  features, _ = _shapes(module, jnp.zeros((1, 32, 64, 1)))
+  assert module.reductions == (1, 2, 4, 8, 16)
+  assert [f.shape for f in features] == [
+      (1, 32 // s, 64 // s, c) for s, c in zip(module.reductions, module.out_channels)
+  ]
+
+
+def test_encoder_computes_in_its_dtype():
+  features, variables = _shapes(resnet.ResNet18(dtype=jnp.bfloat16), jnp.zeros((1, 32, 32, 1)))
+  assert {f.dtype for f in features} == {jnp.dtype(jnp.bfloat16)}
+  assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+
+
+# ---- Decoder blocks ----
+
+
+def test_decoder_block_upsamples_and_concatenates_the_skip():
+  block = unet.DecoderBlock(8, CONV, EVAL_NORM)
+  y, variables = _shapes(block, jnp.zeros((1, 4, 6, 12)), jnp.zeros((1, 8, 12, 5)))
+  assert y.shape == (1, 8, 12, 8)
+  assert variables["params"]["conv1"]["conv"]["kernel"].shape == (3, 3, 12 + 5, 8)
+  assert variables["params"]["conv2"]["conv"]["kernel"].shape == (3, 3, 8, 8)
+
+
+def test_decoder_block_without_skip():
+  y, variables = _shapes(unet.DecoderBlock(8, CONV, EVAL_NORM), jnp.zeros((1, 4, 6, 12)))
+  assert y.shape == (1, 8, 12, 8)
+  assert variables["params"]["conv1"]["conv"]["kernel"].shape == (3, 3, 12, 8)
+
+
+def test_decoder_block_reads_the_skip():
+  """The skip really enters the computation: changing it changes the output."""
+  block = unet.DecoderBlock(8, CONV, EVAL_NORM)
+  x, skip = _x((1, 4, 4, 6)), _x((1, 8, 8, 3), seed=1)
+  y, variables = block.init_with_output(jax.random.key(0), x, skip)
+  y2 = block.apply(variables, x, skip + 1.0)
+  assert not np.allclose(y, y2)
+
+
+def test_decoder_block_rejects_a_mismatched_skip():
+  with pytest.raises(ValueError, match="does not match the upsampled input"):
+    _shapes(unet.DecoderBlock(8, CONV, EVAL_NORM), jnp.zeros((1, 4, 4, 12)), jnp.zeros((1, 16, 16, 5)))
+
+
+def test_unet_decoder_on_resnet34_features():
+  features = [jnp.zeros((1, 64 // s, 64 // s, c)) for s, c in zip((2, 4, 8, 16, 32), (64, 64, 128, 256, 512))]
+  y, variables = _shapes(unet.UNetDecoder(), features)
+  assert y.shape == (1, 64, 64, 16)
+  # Block 1 sees the deepest feature + the stride-16 skip; block 5 has no skip.
+  assert variables["params"]["block1"]["conv1"]["conv"]["kernel"].shape == (3, 3, 512 + 256, 256)
+  assert variables["params"]["block5"]["conv1"]["conv"]["kernel"].shape == (3, 3, 32, 16)

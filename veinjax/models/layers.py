@@ -1,0 +1,153 @@
+"""Shared bricks of the veinjax model zoo.
+
+Everything every architecture needs in one place: the conv and BatchNorm factories (so computation dtype
+and cross-replica BatchNorm are one argument away), ConvBNReLU, the two upsampling operators, the input
+size check and the parameter counter.
+
+Conventions, all layers:
+- NHWC tensors; parameters always float32 (`param_dtype`), computation in the module's `dtype`.
+- Convolutions use explicit symmetric padding `dilation * (kernel // 2)` (PyTorch's), not XLA's "SAME":
+  for stride 2 on an even size "SAME" pads (2, 3) where PyTorch pads (3, 3), which shifts the sampling
+  grid by one pixel and would make ported PyTorch weights see a different image.
+- A conv followed by BatchNorm has no bias (the BN bias makes it redundant).
+- BatchNorm uses PyTorch's defaults (momentum 0.1, i.e. flax momentum 0.9; epsilon 1e-5).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ModuleDef = Any
+Dtype = Any
+
+# Every architecture accepts the same input sizes (the deepest encoder stride), so that training several
+# models on one data set never fails for one of them only.
+SIZE_DIVISOR = 32
+
+# He-normal on fan-out, as torchvision initialises ResNet/VGG convolutions before a ReLU.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def make_conv(dtype: Dtype = jnp.float32, conv: ModuleDef = nn.Conv) -> ModuleDef:
+  """The convolution every block uses: no bias, He init, float32 parameters, computation in `dtype`."""
+  return functools.partial(
+      conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init
+  )
+
+
+def make_norm(
+    train: bool,
+    dtype: Dtype = jnp.float32,
+    axis_name: str | None = None,
+    norm: ModuleDef = nn.BatchNorm,
+) -> ModuleDef:
+  """BatchNorm in train (batch statistics, updates `batch_stats`) or eval (running statistics) mode.
+
+  `axis_name` averages the batch statistics over that pmap / shard_map axis (cross-replica BatchNorm).
+  """
+  return functools.partial(
+      norm,
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      axis_name=axis_name,
+  )
+
+
+def conv_padding(kernel_size: int, dilation: int = 1) -> tuple[tuple[int, int], tuple[int, int]]:
+  """PyTorch-style symmetric padding that keeps H, W for stride 1 and halves them for stride 2."""
+  pad = dilation * (kernel_size // 2)
+  return ((pad, pad), (pad, pad))
+
+
+class ConvBNReLU(nn.Module):
+  """kxk convolution (no bias) -> BatchNorm -> ReLU (ReLU skipped when `act` is False)."""
+
+  features: int
+  conv: ModuleDef
+  norm: ModuleDef
+  kernel_size: int = 3
+  strides: int = 1
+  dilation: int = 1
+  act: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = self.conv(
+        self.features,
+        (self.kernel_size, self.kernel_size),
+        strides=(self.strides, self.strides),
+        padding=conv_padding(self.kernel_size, self.dilation),
+        kernel_dilation=(self.dilation, self.dilation),
+        name="conv",
+    )(x)
+    x = self.norm(name="bn")(x)
+    return nn.relu(x) if self.act else x
+
+
+def upsample_nearest2x(x: jax.Array) -> jax.Array:
+  """x2 nearest-neighbour upsampling of NHWC (PyTorch's `interpolate(scale_factor=2, mode="nearest")`)."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def resize_bilinear(x: jax.Array, height: int, width: int) -> jax.Array:
+  """Bilinear resize of NHWC to (height, width), half-pixel centres (PyTorch's align_corners=False)."""
+  n, _, _, c = x.shape
+  return jax.image.resize(x, (n, height, width, c), method="bilinear").astype(x.dtype)
+
+
+def check_input_size(height: int, width: int, divisor: int = SIZE_DIVISOR) -> None:
+  """Raises ValueError unless height and width are positive multiples of `divisor` (32 by default).
+
+  The message names the size and the nearest valid sizes below and above, e.g.
+  "input 100x130 is not divisible by 32: use 96x128 or 128x160 (resize, pad or crop)".
+  """
+  height, width = int(height), int(width)
+  if height > 0 and width > 0 and height % divisor == 0 and width % divisor == 0:
+    return
+  below = (height // divisor * divisor, width // divisor * divisor)
+  above = (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
+  above = (max(above[0], divisor), max(above[1], divisor))
+  choices = [f"{h}x{w}" for h, w in (below, above) if h > 0 and w > 0]
+  choices = list(dict.fromkeys(choices))  # One choice when both round to the same size.
+  raise ValueError(
+      f"input {height}x{width} is not divisible by {divisor}: use {' or '.join(choices)} "
+      "(resize, pad or crop)"
+  )
+
+
+def check_input(x: jax.Array) -> None:
+  """Validates a model input: NHWC with H and W divisible by 32."""
+  if x.ndim != 4:
+    raise ValueError(
+        f"expected an NHWC batch [N, H, W, C], got shape {tuple(x.shape)}; add a batch axis "
+        "(x[None]) and/or a channel axis (x[..., None]) for grayscale"
+    )
+  check_input_size(x.shape[1], x.shape[2])
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a parameter tree (pass `variables["params"]`, not the BN running statistics)."""
+  return int(sum(leaf.size for leaf in jax.tree.leaves(params)))
+
+
+def segmentation_head(
+    x: jax.Array, num_classes: int, kernel_size: int, dtype: Dtype, name: str = "head"
+) -> jax.Array:
+  """Final conv with bias to `num_classes` logits, returned as float32 whatever the computation dtype."""
+  logits = nn.Conv(
+      num_classes,
+      (kernel_size, kernel_size),
+      padding=conv_padding(kernel_size),
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      name=name,
+  )(x)
+  return logits.astype(jnp.float32)
