@@ -1,0 +1,67 @@
+"""Shared test set-up: fast compilation, a per-session compilation cache, tiny training configs.
+
+- `jax_disable_most_optimizations`: tests are dominated by XLA compile time on a small CPU; the numbers are
+  the same up to float rounding.
+- A persistent compilation cache in a per-session temporary directory: tests that build the same step twice
+  (e.g. an interrupted run and its resumption) compile it once.
+- The suite runs on one CPU device; tests needing several devices start a subprocess with XLA_FLAGS (see
+  tests/parallel_test.py), because the device count is fixed when JAX starts.
+"""
+
+import importlib.util
+import pathlib
+
+import jax
+import pytest
+
+jax.config.update("jax_disable_most_optimizations", True)
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory):
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  yield
+
+
+def load_config(name: str):
+  """configs/<name>.py's get_config()."""
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def tiny_config(data_dir: str, **overrides):
+  """The quickstart recipe shrunk to seconds: a 32x32 phantom of 8 + 4 examples, ResNet18-UNet, 2 epochs."""
+  config = load_config("default")
+  config.model = "resnet34_unet"
+  config.encoder = "resnet18"
+  config.image_size = 32
+  config.dataset.phantom_size = 32
+  config.dataset.phantom_num_train = 10
+  config.dataset.phantom_num_test = 4
+  config.dataset.validation_fraction = 0.2  # 2 of the 10 train examples
+  config.dataset.data_dir = data_dir
+  config.batch_size = 2
+  config.eval_batch_size = 4
+  config.num_epochs = 2
+  config.log_every_steps = 2
+  config.num_summary_images = 1
+  config.parallelism = "jit"
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="session")
+def phantom_data_dir(tmp_path_factory):
+  """One TFDS data_dir for the whole session, so the tiny phantom is generated once."""
+  return str(tmp_path_factory.mktemp("tfds"))

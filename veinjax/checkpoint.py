@@ -1,0 +1,321 @@
+"""Orbax checkpoints of a training run: the latest N, the best by a metric, resume, and clear mismatch errors.
+
+Layout inside a workdir:
+
+  DIR/checkpoints/<step>/{model,opt,meta}       the latest `config.keep_checkpoints` checkpoints (resume)
+  DIR/checkpoints_best/<step>/{model,opt,meta}  the one checkpoint with the best `config.best_metric`
+
+Each checkpoint holds three orbax items:
+
+- `model`: {'params', 'batch_stats'}: all that inference needs, restorable on its own.
+- `opt`: {'opt_state', 'step'}: what resuming training needs besides the model.
+- `meta`: JSON: global step, data-iterator position (epoch, step in epoch, steps per epoch), the running
+  training statistics of a partly done epoch, the evaluation metrics, and the fingerprint (model, encoder,
+  classes, channels, optimizer) plus every parameter shape. Before any array is read, the fingerprint and the
+  shapes are compared with what the caller expects, so a checkpoint of another model or config fails with an
+  error naming the difference instead of a shape crash deep inside orbax.
+
+Arrays are saved as host numpy arrays (the caller passes one unreplicated copy of the state): orbax writes
+replicated numpy arrays from the primary process only, and every process restores them from the shared
+directory, so saving and restoring are safe on many hosts (every process must call `save` and `restore`; the
+managers synchronise them). A state with a non-finite value is never written (`FloatingPointError`), so a
+diverged run can overwrite neither the latest nor the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+LATEST_DIR = "checkpoints"
+BEST_DIR = "checkpoints_best"
+CHECKPOINT_CHOICES = ("best", "latest")
+
+PyTree = Any
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint was written by another model or config than the one restoring it."""
+
+
+def _path_str(path) -> str:
+  """'params/encoder/conv1/kernel' from a jax key path."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def tree_shapes(tree: PyTree) -> dict[str, list[int]]:
+  """Flat {path: shape} of every array leaf, JSON-serialisable (saved in `meta`, compared on restore)."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_path_str(path): [int(d) for d in np.shape(leaf)] for path, leaf in leaves}
+
+
+def first_non_finite(tree: PyTree) -> str | None:
+  """Path of the first leaf holding a NaN or Inf, or None when everything is finite."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    leaf = np.asarray(leaf)
+    if np.issubdtype(leaf.dtype, np.inexact) and not np.all(np.isfinite(leaf)):
+      return _path_str(path)
+  return None
+
+
+def to_jsonable(value):
+  """Metrics (numpy scalars and arrays) as plain, strict JSON values.
+
+  An undefined metric (NaN, e.g. HD95 of a split without veins) or an infinite one becomes null: Python's
+  json would write the bare token NaN, which strict JSON readers reject.
+  """
+  if isinstance(value, Mapping):
+    return {str(k): to_jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [to_jsonable(v) for v in value]
+  if isinstance(value, (np.ndarray, jax.Array)):
+    return to_jsonable(np.asarray(value).tolist())
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def check_compatible(meta: Mapping[str, Any], fingerprint: Mapping[str, Any],
+                     model_tree: PyTree | None, where: str) -> None:
+  """Raises `CheckpointMismatchError` naming every difference between a checkpoint and the expectation.
+
+  Args:
+    meta: the checkpoint's `meta` item.
+    fingerprint: what the caller's config builds ({'model': ..., 'encoder': ..., ...}); only keys present in
+      both are compared, so inference can pass the model keys alone.
+    model_tree: the caller's {'params', 'batch_stats'} (arrays or shape structs), compared shape by shape.
+    where: the checkpoint's path, for the message.
+  """
+  saved = meta.get("fingerprint", {})
+  diffs = [f"{k}: checkpoint {saved[k]!r}, config {fingerprint[k]!r}"
+           for k in fingerprint if k in saved and saved[k] != fingerprint[k]]
+  if diffs:
+    raise CheckpointMismatchError(
+        f"The checkpoint {where} was written by another model/config: {'; '.join(diffs)}. Evaluate or resume it "
+        "with the config it was trained with (its workdir's config.json), or train into a fresh --workdir.")
+  if model_tree is None:
+    return
+  want, have = tree_shapes(model_tree), meta.get("model_shapes", {})
+  missing = sorted(set(want) - set(have))
+  extra = sorted(set(have) - set(want))
+  wrong = sorted(k for k in set(want) & set(have) if list(want[k]) != list(have[k]))
+  if missing or extra or wrong:
+    parts = []
+    if wrong:
+      parts.append("different shapes: " + ", ".join(f"{k} {have[k]} vs {want[k]}" for k in wrong[:5]))
+    if missing:
+      parts.append(f"{len(missing)} parameters missing from the checkpoint (e.g. {', '.join(missing[:3])})")
+    if extra:
+      parts.append(f"{len(extra)} unexpected parameters in the checkpoint (e.g. {', '.join(extra[:3])})")
+    raise CheckpointMismatchError(
+        f"The checkpoint {where} does not fit this model ({fingerprint.get('model', '?')}): "
+        f"{'; '.join(parts)}. Use the config it was trained with (its workdir's config.json) or a fresh --workdir.")
+
+
+def _abstract(tree: PyTree) -> PyTree:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+                      if not isinstance(x, jax.ShapeDtypeStruct) else x, tree)
+
+
+def _to_numpy(tree: PyTree) -> PyTree:
+  # Restored leaves come back as numpy (saved as numpy) or, for orbax versions that rebuild jax arrays, as
+  # arrays on the default device; the caller places them where it wants, so hand back plain numpy.
+  return jax.tree.map(np.asarray, tree)
+
+
+class Checkpoints:
+  """The latest-N and the best checkpoints of one workdir.
+
+  Args:
+    workdir: the run's directory.
+    keep: how many of the latest checkpoints to keep (`config.keep_checkpoints`), besides the best.
+    best_metric: the key of the evaluation metrics whose highest value marks the best checkpoint.
+    async_save: write in a background thread (call `wait()` before reading what was written).
+  """
+
+  def __init__(self, workdir: str, *, keep: int = 2, best_metric: str = "miou", async_save: bool = True):
+    if int(keep) < 1:
+      raise ValueError(f"--config.keep_checkpoints must be >= 1 (resume needs the latest); got {keep}.")
+    self.workdir = os.path.abspath(workdir)
+    self.best_metric = best_metric
+    options = dict(create=True, enable_async_checkpointing=async_save)
+    self._latest = ocp.CheckpointManager(
+        os.path.join(self.workdir, LATEST_DIR),
+        options=ocp.CheckpointManagerOptions(max_to_keep=int(keep), **options))
+    self._best = ocp.CheckpointManager(
+        os.path.join(self.workdir, BEST_DIR),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, **options))
+    self._best_value = None
+    if self._best.latest_step() is not None:
+      meta = self._read_meta(self._best, self._best.latest_step())
+      self._best_value = meta.get("metrics", {}).get(best_metric)
+
+  # ---- Queries ----
+
+  def latest_step(self) -> int | None:
+    return self._latest.latest_step()
+
+  def best_step(self) -> int | None:
+    return self._best.latest_step()
+
+  @property
+  def best_value(self) -> float | None:
+    """The best `best_metric` saved so far (None before the first evaluation)."""
+    return self._best_value
+
+  def step_dir(self, which: str) -> str | None:
+    """Directory of the 'latest' or 'best' checkpoint, or None when there is none."""
+    manager = self._manager(which)
+    step = manager.latest_step()
+    return None if step is None else os.path.join(str(manager.directory), str(step))
+
+  def _manager(self, which: str) -> ocp.CheckpointManager:
+    if which not in CHECKPOINT_CHOICES:
+      raise ValueError(f"Unknown checkpoint {which!r}; choose one of {', '.join(CHECKPOINT_CHOICES)} or a path.")
+    return self._best if which == "best" else self._latest
+
+  @staticmethod
+  def _read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+    return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+
+  # ---- Save ----
+
+  def save(self, step: int, model_tree: PyTree, opt_tree: PyTree, meta: Mapping[str, Any],
+           metrics: Mapping[str, Any] | None = None) -> bool:
+    """Writes the latest checkpoint and, when `metrics` beat the best so far, the best one.
+
+    Args:
+      step: the global training step (the checkpoint's name).
+      model_tree: {'params', 'batch_stats'}, one host copy.
+      opt_tree: {'opt_state', 'step'}, one host copy.
+      meta: JSON-serialisable run position and fingerprint (see the module docstring).
+      metrics: the evaluation metrics of this step, or None (a mid-epoch checkpoint).
+
+    Returns:
+      Whether this checkpoint became the best.
+
+    Raises:
+      FloatingPointError: some parameter or statistic is NaN/Inf; nothing is written.
+    """
+    model_tree, opt_tree = jax.device_get(model_tree), jax.device_get(opt_tree)
+    bad = first_non_finite(model_tree) or first_non_finite(opt_tree)
+    if bad is not None:
+      raise FloatingPointError(
+          f"Not saving the checkpoint of step {step}: {bad} holds NaN or Inf (the training diverged). The "
+          f"checkpoints already in {self.workdir} are untouched.")
+    meta = dict(to_jsonable(meta))
+    meta["step"] = int(step)
+    meta["model_shapes"] = tree_shapes(model_tree)
+    value = None
+    if metrics is not None:
+      meta["metrics"] = to_jsonable(dict(metrics))
+      if self.best_metric not in metrics:
+        raise KeyError(f"--config.best_metric={self.best_metric!r} is not an evaluation metric; choose one of "
+                       f"{', '.join(sorted(k for k in metrics if np.ndim(metrics[k]) == 0))}.")
+      value = float(metrics[self.best_metric])
+    args = ocp.args.Composite(model=ocp.args.StandardSave(model_tree), opt=ocp.args.StandardSave(opt_tree),
+                              meta=ocp.args.JsonSave(meta))
+    is_best = value is not None and math.isfinite(value) and (
+        self._best_value is None or value > self._best_value)
+    # Best first: a crash between the two writes then redoes this step's evaluation after resuming from the
+    # previous latest checkpoint, which reproduces the same value and leaves the best as it is.
+    if is_best:
+      self._best.save(step, args=args, force=True)
+      self._best_value = value
+    self._latest.save(step, args=args, force=True)
+    return is_best
+
+  def wait(self) -> None:
+    """Blocks until background writes are on disk."""
+    self._latest.wait_until_finished()
+    self._best.wait_until_finished()
+
+  def close(self) -> None:
+    self._latest.close()
+    self._best.close()
+
+  # ---- Restore ----
+
+  def read_meta(self, which: str = "latest") -> dict | None:
+    """The `meta` item of the 'latest' or 'best' checkpoint, or None when there is none."""
+    manager = self._manager(which)
+    step = manager.latest_step()
+    return None if step is None else self._read_meta(manager, step)
+
+  def restore(self, which: str, model_target: PyTree, opt_target: PyTree | None,
+              fingerprint: Mapping[str, Any]) -> tuple[PyTree, PyTree | None, dict]:
+    """Restores the 'latest' or 'best' checkpoint after checking that it fits.
+
+    Args:
+      which: 'latest' or 'best'.
+      model_target: {'params', 'batch_stats'} of the caller's model (arrays or ShapeDtypeStructs).
+      opt_target: {'opt_state', 'step'} to restore too, or None (inference).
+      fingerprint: the caller's config fingerprint (see `check_compatible`).
+
+    Returns:
+      (model_tree, opt_tree or None, meta) as host numpy trees.
+    """
+    manager = self._manager(which)
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"No {which} checkpoint in {manager.directory}; train first (train.py) or pick "
+                              f"another --checkpoint ({', '.join(CHECKPOINT_CHOICES)} or a path).")
+    return _restore(lambda args: manager.restore(step, args=args), os.path.join(str(manager.directory), str(step)),
+                    model_target, opt_target, fingerprint)
+
+
+def _restore(restore_fn, where: str, model_target, opt_target, fingerprint):
+  """Reads meta, checks it, then restores the requested items (the model alone or with the optimizer)."""
+  meta = dict(restore_fn(ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+  check_compatible(meta, fingerprint, model_target, where)
+  items = {"model": ocp.args.StandardRestore(_abstract(model_target))}
+  if opt_target is not None:
+    items["opt"] = ocp.args.StandardRestore(_abstract(opt_target))
+  try:
+    restored = restore_fn(ocp.args.Composite(**items))
+  except (ValueError, KeyError, TypeError) as e:
+    # The model shapes matched, so a failure here is the optimizer state's structure.
+    raise CheckpointMismatchError(
+        f"Could not restore the checkpoint {where}: its optimizer state does not fit this config's optimizer "
+        f"(--config.optimizer, weight_decay, grad_clip_norm, lr_schedule must match the run that wrote it; "
+        f"saved fingerprint {meta.get('fingerprint')}). Original error: {e}") from e
+  opt = _to_numpy(restored["opt"]) if opt_target is not None else None
+  meta["path"] = where
+  return _to_numpy(restored["model"]), opt, meta
+
+
+def restore_path(path: str, model_target: PyTree, fingerprint: Mapping[str, Any],
+                 opt_target: PyTree | None = None) -> tuple[PyTree, PyTree | None, dict]:
+  """Restores a checkpoint from an explicit directory: a step directory (`.../checkpoints/120`) or a
+  manager directory (`.../checkpoints`, `.../checkpoints_best`: its newest step)."""
+  path = os.path.abspath(os.fspath(path))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"--checkpoint={path} does not exist; pass best, latest or a checkpoint directory.")
+  if not os.path.isdir(os.path.join(path, "meta")):
+    steps = sorted((int(d) for d in os.listdir(path) if d.isdigit() and os.path.isdir(os.path.join(path, d, "meta"))))
+    if not steps:
+      raise FileNotFoundError(
+          f"--checkpoint={path} is neither a veinjax checkpoint (no 'meta' item inside) nor a directory of them "
+          f"(e.g. WORKDIR/{LATEST_DIR} or WORKDIR/{LATEST_DIR}/<step>).")
+    path = os.path.join(path, str(steps[-1]))
+  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  try:
+    return _restore(lambda args: checkpointer.restore(path, args=args), path, model_target, opt_target, fingerprint)
+  finally:
+    checkpointer.close()

@@ -1,0 +1,520 @@
+r"""Reproduces the paper's comparison in one command: Table 1, Fig. 3/4 and Fig. 5.
+
+Trains every model of `config.compare.models` with identical data, splits, augmentation, recipe and seeds,
+evaluates each on the test split, and writes the paper's table and figures:
+
+  python -m veinjax.experiments.compare --config=configs/default.py --workdir=DIR \
+      [--config.compare.models=resnet34_unet,fcn8s] [--config.compare.num_seeds=3] [--config.key=value]
+
+DIR afterwards holds:
+  <model>/seed_<k>/   a train.py workdir (checkpoints, history.jsonl, config.json, eval/test_metrics.json)
+                      and compare_run.json, written once that run is trained and evaluated
+  table1.md, table1.csv   one row per model (mean +- std over seeds); table1_runs.csv: one row per run
+  fig3_<model>.png    loss / val loss, ACC, mIoU per epoch (the paper's Fig. 3 and 4)
+  fig5.png            original, label and each model's prediction for three test images (Fig. 5)
+
+Started again on the same DIR it skips finished runs (compare_run.json present and its config equal to the
+one asked for), resumes interrupted ones through train_and_evaluate's own checkpoint resume, and rewrites
+the table and figures. A finished run whose config differs is an error, never silently retrained.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from veinjax import checkpoint as checkpoint_lib
+from veinjax import models as models_lib
+from veinjax.models import cost
+from veinjax import train_lib
+from veinjax.experiments import plots
+
+# The paper's Table 1 (Qin et al.), on its own (unreleased) data: model -> (ACC, mIoU).
+PAPER_RESULTS = {
+    "resnet34_unet": (0.963, 0.873),
+    "deeplabv3plus": (0.911, 0.867),
+    "fcn8s": (0.904, 0.716),
+}
+# Names as in the paper; "{encoder}" is filled from config.encoder (e.g. "ResNet18-UNet"), so a row never
+# claims a ResNet34 encoder it did not have.
+_DISPLAY_NAMES = {
+    "resnet34_unet": "{encoder}-UNet",
+    "deeplabv3plus": "DeepLab v3+ ({encoder})",
+    "fcn8s": "FCN-8s",
+    "unet": "U-Net",
+}
+# The paper states model cost per 512x512 image, whatever size a run trains at.
+FLOPS_IMAGE_SIZE = 512
+# A run directory holds this file once its training and test evaluation are complete.
+RUN_MARKER = "compare_run.json"
+# Metrics of the table: (metrics key, column title, CSV stem), vein IoU and Dice first (issue 5).
+_METRIC_COLUMNS = (
+    ("iou", "Vein IoU", "vein_iou"),
+    ("dice", "Dice", "dice"),
+    ("acc", "ACC", "acc"),
+    ("miou", "mIoU", "miou"),
+    ("hd95", "HD95 (px)", "hd95"),
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runs: one sub-workdir per (model, seed), skipped when finished, resumed when interrupted.
+# ---------------------------------------------------------------------------------------------------
+
+
+def display_name(model: str, encoder: str) -> str:
+  """The model's name in the table and figures: ("resnet34_unet", "resnet18") -> "ResNet18-UNet"."""
+  return _DISPLAY_NAMES.get(model, model).format(encoder=encoder.replace("resnet", "ResNet"))
+
+
+def model_names(config: ml_collections.ConfigDict) -> list[str]:
+  """The models to compare, from `config.compare.models` (comma-separated), validated."""
+  names = [n.strip() for n in str(config.compare.models).split(",") if n.strip()]
+  unknown = [n for n in names if n not in models_lib.MODEL_NAMES]
+  if not names or unknown:
+    raise ValueError(
+        f"config.compare.models={config.compare.models!r}: unknown model(s) {unknown or '(none given)'}; "
+        f"give a comma-separated list of {', '.join(models_lib.MODEL_NAMES)}.")
+  if len(set(names)) != len(names):
+    raise ValueError(f"config.compare.models={config.compare.models!r} lists a model twice.")
+  return names
+
+
+def run_config(config: ml_collections.ConfigDict, model: str,
+               seed_index: int) -> ml_collections.ConfigDict:
+  """The training config of one run: the shared recipe with this model and seed `config.seed + k`.
+
+  The `compare` block is dropped so that, e.g., asking for more seeds later leaves finished runs valid.
+  """
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():  # configs from the command line are locked against new fields, not deletions
+    if "compare" in cfg:
+      del cfg["compare"]
+  cfg.model = model
+  cfg.seed = int(config.seed) + seed_index
+  return cfg
+
+
+def run_workdir(workdir: str, model: str, seed_index: int) -> str:
+  return os.path.join(workdir, model, f"seed_{seed_index}")
+
+
+def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as plain JSON data (tuples become lists), so a stored copy compares equal."""
+  return json.loads(config.to_json_best_effort())
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _config_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+  stored, wanted = _flatten(stored), _flatten(wanted)
+  absent = object()
+  return sorted(k for k in set(stored) | set(wanted) if stored.get(k, absent) != wanted.get(k, absent))
+
+
+def _check_same_config(stored: Mapping[str, Any], wanted: Mapping[str, Any], workdir: str,
+                       which: str) -> None:
+  differences = _config_differences(stored, wanted)
+  if differences:
+    raise ValueError(
+        f"{workdir} holds {which} run with a different config (fields: {', '.join(differences)}). "
+        "Give compare a new --workdir, or delete that run directory to retrain it.")
+
+
+def train_or_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Makes sure one run is trained and evaluated on the test split; returns its record.
+
+  The record is what compare_run.json holds: model, seed, config, test metrics, train_seconds, plus
+  "status": "skipped" (finished earlier with the same config) or "trained" (trained now, or resumed).
+
+  Raises:
+    ValueError: the run directory holds a finished run with another config.
+  """
+  marker = os.path.join(workdir, RUN_MARKER)
+  wanted = _config_json(config)
+  if os.path.exists(marker):
+    with open(marker) as f:
+      record = json.load(f)
+    _check_same_config(record.get("config", {}), wanted, workdir, "a finished")
+    logging.info("%s seed %d: finished earlier, skipped (%s).", config.model, config.seed, workdir)
+    return dict(record, status="skipped")
+  # An interrupted run resumes only into the same recipe: train_and_evaluate itself checks the model and
+  # the epoch length, but would silently continue with, e.g., another learning rate.
+  config_file = os.path.join(workdir, train_lib.CONFIG_FILE)
+  if os.path.isdir(os.path.join(workdir, checkpoint_lib.LATEST_DIR)) and os.path.exists(config_file):
+    with open(config_file) as f:
+      _check_same_config(json.load(f), wanted, workdir, "an interrupted")
+
+  logging.info("%s seed %d: training in %s (resumes from its latest checkpoint if any).",
+               config.model, config.seed, workdir)
+  start = time.perf_counter()
+  train_lib.train_and_evaluate(config, workdir)
+  metrics = train_lib.evaluate(config, workdir, checkpoint="best", split="test")
+  record = {
+      "model": config.model,
+      "seed": int(config.seed),
+      "config": wanted,
+      "metrics": metrics,
+      # Only this invocation: a resumed run does not count the time before its interruption.
+      "train_seconds": time.perf_counter() - start,
+  }
+  if jax.process_index() == 0:
+    _write_json(marker, record)
+  return dict(record, status="trained")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cost of each model: parameters, GFLOPs per 512x512 image, inference latency on this machine.
+# ---------------------------------------------------------------------------------------------------
+
+
+def class_map(logits: jax.Array) -> jax.Array:
+  """Per-pixel class index: a positive logit for one sigmoid output, else the argmax over classes."""
+  if logits.shape[-1] == 1:
+    return (logits[..., 0] > 0).astype(jnp.int32)
+  return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+class TrainedModel:
+  """The best checkpoint of one run, with one jitted batch-1 forward pass (logits -> class map).
+
+  Timing and the Fig. 5 predictions share that compiled function, so each model compiles once here.
+  """
+
+  def __init__(self, workdir: str):
+    self.model, variables, self.config = train_lib.load_for_inference(workdir, checkpoint="best")
+    self.variables = jax.device_put(variables)
+    model = self.model
+    self._forward = jax.jit(lambda v, x: class_map(train_lib.predict_logits(model, v, x)))
+
+  def predict(self, images: np.ndarray) -> np.ndarray:
+    """Class maps [N, H, W] of model-ready images [N, H, W, C], one frame at a time (batch 1)."""
+    return np.stack([np.asarray(self._forward(self.variables, jnp.asarray(image[None]))[0])
+                     for image in images])
+
+  def inference_ms(self, runs: int, warmup: int = 2) -> float:
+    """Median milliseconds of the forward pass on one frame, device compute only.
+
+    The frame and the variables are on the device before the clock starts, and the clock stops when the
+    class map is ready, so host preprocessing and transfers are not counted.
+    """
+    if runs < 1:
+      raise ValueError(f"config.compare.timing_runs={runs} must be >= 1.")
+    size, channels = self.config.image_size, self.config.in_channels
+    frame = jax.random.uniform(jax.random.key(0), (1, size, size, channels), jnp.float32)
+    for _ in range(warmup):  # the first call compiles
+      self._forward(self.variables, frame).block_until_ready()
+    times = []
+    for _ in range(runs):
+      start = time.perf_counter()
+      self._forward(self.variables, frame).block_until_ready()
+      times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+  def gflops(self) -> float:
+    """Forward GFLOPs of one FLOPS_IMAGE_SIZE^2 image (XLA cost analysis, veinjax.models.cost)."""
+    c = self.config
+    return cost.measure(c.model, c.encoder, FLOPS_IMAGE_SIZE, c.in_channels, c.num_classes, batch=1)["gflops"]
+
+  def profile(self, timing_runs: int) -> dict[str, Any]:
+    """Parameters, GFLOPs per 512x512 image and inference ms per frame on this machine."""
+    return {
+        "params": int(models_lib.count_params(self.variables["params"])),
+        "gflops": self.gflops(),
+        "inference_ms": self.inference_ms(timing_runs),
+    }
+
+
+def device_description() -> str:
+  """The device inference was timed on, e.g. "NVIDIA H100 80GB HBM3 (gpu)" or "CPU <model>, 2 cores"."""
+  device = jax.devices()[0]
+  if device.platform != "cpu":
+    return f"{device.device_kind} ({device.platform})"
+  cpu = platform.processor() or platform.machine()
+  try:  # Linux names the CPU model here; platform.processor() often says only "x86_64"
+    with open("/proc/cpuinfo") as f:
+      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return f"CPU {cpu}, {os.cpu_count()} cores"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Table 1.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+  """Mean and sample standard deviation (ddof=1; 0 for one value), ignoring missing / NaN values."""
+  values = [float(v) for v in values if v is not None and np.isfinite(v)]
+  if not values:
+    return None, None
+  std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+  return float(np.mean(values)), std
+
+
+def summarize(records: Sequence[Mapping[str, Any]], profiles: Mapping[str, Mapping[str, Any]],
+              models: Sequence[str], encoder: str) -> list[dict[str, Any]]:
+  """One row per model: mean and std over seeds of each test metric, plus cost and the paper's values."""
+  rows = []
+  for model in models:
+    runs = [r for r in records if r["model"] == model]
+    row = {"model": model, "name": display_name(model, encoder), "num_seeds": len(runs)}
+    for key, _, stem in _METRIC_COLUMNS:
+      row[f"{stem}_mean"], row[f"{stem}_std"] = _mean_std([r["metrics"].get(key) for r in runs])
+    profile = profiles.get(model, {})
+    row["params"] = profile.get("params")
+    row["gflops_512"] = profile.get("gflops")
+    row["inference_ms"] = profile.get("inference_ms")
+    row["train_minutes_mean"], _ = _mean_std([r.get("train_seconds", 0.0) / 60.0 for r in runs])
+    row["paper_acc"], row["paper_miou"] = PAPER_RESULTS.get(model, (None, None))
+    rows.append(row)
+  return rows
+
+
+def _plural(count: int, noun: str) -> str:
+  return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+  return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _fmt_mean_std(mean: float | None, std: float | None, num_seeds: int, digits: int = 3) -> str:
+  if mean is None:
+    return "—"
+  return f"{mean:.{digits}f} ± {std:.{digits}f}" if num_seeds > 1 else f"{mean:.{digits}f}"
+
+
+def table_markdown(rows: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict, device: str,
+                   timing_runs: int) -> str:
+  """Table 1 as Markdown, with a heading and footnotes that say how every number was made."""
+  num_seeds = max(r["num_seeds"] for r in rows)
+  size = config.image_size
+  header = ["Model"] + [title for _, title, _ in _METRIC_COLUMNS] + [
+      "Params (M)", f"GFLOPs ({FLOPS_IMAGE_SIZE}x{FLOPS_IMAGE_SIZE})", f"ms / frame ({size}x{size})¹",
+      "Paper ACC²", "Paper mIoU²"]
+  lines = [
+      f"## Table 1: {config.dataset.name}, {size}x{size}, {_plural(config.num_epochs, 'epoch')}, "
+      f"{_plural(num_seeds, 'seed')}",
+      "",
+      "| " + " | ".join(header) + " |",
+      "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+  ]
+  for r in rows:
+    cells = [r["name"]]
+    for _, _, stem in _METRIC_COLUMNS:
+      digits = 1 if stem == "hd95" else 3
+      cells.append(_fmt_mean_std(r[f"{stem}_mean"], r[f"{stem}_std"], r["num_seeds"], digits))
+    cells += [
+        _fmt(None if r["params"] is None else r["params"] / 1e6, 2),
+        _fmt(r["gflops_512"], 1),
+        _fmt(r["inference_ms"], 2),
+        _fmt(r["paper_acc"]),
+        _fmt(r["paper_miou"]),
+    ]
+    lines.append("| " + " | ".join(cells) + " |")
+  seeds_text = (f"mean ± sample std over seeds {config.seed}..{config.seed + num_seeds - 1}"
+                if num_seeds > 1 else f"seed {config.seed}")
+  lines += [
+      "",
+      f"Test split, best checkpoint by {config.best_metric} on the {config.eval_split} split; {seeds_text}. "
+      "Vein IoU and Dice are of the foreground; mIoU averages background and foreground (the paper's eq. 6); "
+      "HD95 in pixels at the model's input size. GFLOPs: XLA cost analysis of one forward pass.",
+      "",
+      f"¹ Inference on {device}: batch 1, jitted forward pass and class map, device compute only, "
+      f"median of {timing_runs} runs.",
+      "",
+      "² Qin et al., Table 1, on the paper's own data (not released): for reference, not a like-for-like "
+      "comparison.",
+      "",
+  ]
+  return "\n".join(lines)
+
+
+_CSV_FIELDS = (["model", "name", "num_seeds"]
+               + [f"{stem}_{s}" for _, _, stem in _METRIC_COLUMNS for s in ("mean", "std")]
+               + ["params", "gflops_512", "inference_ms", "train_minutes_mean", "paper_acc", "paper_miou",
+                  "device"])
+
+
+def write_tables(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]],
+                 config: ml_collections.ConfigDict, workdir: str, device: str,
+                 timing_runs: int) -> dict[str, str]:
+  """Writes table1.md, table1.csv (one row per model) and table1_runs.csv (one row per run)."""
+  paths = {name: os.path.join(workdir, name) for name in ("table1.md", "table1.csv", "table1_runs.csv")}
+  with open(paths["table1.md"], "w") as f:
+    f.write(table_markdown(rows, config, device, timing_runs))
+  with open(paths["table1.csv"], "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
+    writer.writeheader()
+    for row in rows:
+      values = dict(row, device=device)
+      writer.writerow({k: ("" if values.get(k) is None else values[k]) for k in _CSV_FIELDS})
+  run_fields = ["model", "seed"] + [key for key, _, _ in _METRIC_COLUMNS] + ["train_seconds"]
+  with open(paths["table1_runs.csv"], "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=run_fields)
+    writer.writeheader()
+    for r in records:
+      values = {"model": r["model"], "seed": r["seed"], "train_seconds": r.get("train_seconds")}
+      values.update({key: r["metrics"].get(key) for key, _, _ in _METRIC_COLUMNS})
+      writer.writerow({k: ("" if v is None else v) for k, v in values.items()})
+  return paths
+
+
+# ---------------------------------------------------------------------------------------------------
+# Figures.
+# ---------------------------------------------------------------------------------------------------
+
+
+def write_curve_figures(config: ml_collections.ConfigDict, workdir: str, models: Sequence[str],
+                        num_seeds: int) -> list[str]:
+  """fig3_<model>.png for each model: one line per seed."""
+  paths = []
+  for model in models:
+    histories = {f"seed {config.seed + k}": train_lib.read_history(run_workdir(workdir, model, k))
+                 for k in range(num_seeds)}
+    histories = {k: v for k, v in histories.items() if v}
+    path = os.path.join(workdir, f"fig3_{model}.png")
+    plots.plot_training_curves(histories, path, title=display_name(model, config.encoder),
+                               eval_split=config.eval_split)
+    paths.append(path)
+  return paths
+
+
+def pick_test_examples(config: ml_collections.ConfigDict, count: int) -> dict[str, np.ndarray]:
+  """The first `count` test images (in the split's order) whose label has any foreground.
+
+  Returns a dict with "image" [N, H, W, C] model-ready images, "label" [N, H, W] and "id" [N].
+  """
+  from veinjax.data import pipeline  # pylint: disable=g-import-not-at-top  # TensorFlow only when needed
+
+  images, labels, ids = [], [], []
+  for batch in pipeline.create_eval_dataset(config, "test").as_numpy_iterator():
+    for i in range(batch["image"].shape[0]):
+      label = batch["label"][i]
+      if batch["valid"][i] and label.any():
+        images.append(batch["image"][i])
+        labels.append(label)
+        ids.append(batch["id"][i])
+        if len(images) == count:
+          return {"image": np.stack(images), "label": np.stack(labels), "id": np.asarray(ids)}
+  if not images:
+    raise ValueError(f"No test image of dataset {config.dataset.name!r} has any foreground to show in fig5.")
+  return {"image": np.stack(images), "label": np.stack(labels), "id": np.asarray(ids)}
+
+
+def _image_iou(prediction: np.ndarray, label: np.ndarray) -> str:
+  union = np.logical_or(prediction > 0, label > 0).sum()
+  if union == 0:
+    return "IoU —"
+  return f"IoU {np.logical_and(prediction > 0, label > 0).sum() / union:.2f}"
+
+
+def write_prediction_figure(examples: Mapping[str, np.ndarray], predictions: Mapping[str, np.ndarray],
+                            config: ml_collections.ConfigDict, workdir: str) -> str:
+  """fig5.png: original, label and each model's prediction (model -> class maps), one row per image."""
+  titles = {display_name(m, config.encoder): p for m, p in predictions.items()}
+  notes = {t: [_image_iou(p, l) for p, l in zip(maps, examples["label"])] for t, maps in titles.items()}
+  ids = [i.decode() if isinstance(i, bytes) else str(i) for i in examples["id"]]
+  path = os.path.join(workdir, "fig5.png")
+  plots.plot_prediction_grid(examples["image"], examples["label"], titles, path, row_titles=ids,
+                             cell_notes=notes, num_classes=max(config.num_classes, 2))
+  return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# The whole comparison.
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or skips / resumes) every model and seed, then writes Table 1 and the figures.
+
+  Returns:
+    {"runs": [record per run, each with "status" "trained" or "skipped"], "rows": [Table 1 rows],
+     "files": {name: path of every table and figure written}}.
+  """
+  models = model_names(config)
+  num_seeds = int(config.compare.num_seeds)
+  if num_seeds < 1:
+    raise ValueError(f"config.compare.num_seeds={num_seeds} must be >= 1.")
+  if int(config.compare.num_figure_images) < 1:
+    raise ValueError(f"config.compare.num_figure_images={config.compare.num_figure_images} must be >= 1.")
+  os.makedirs(workdir, exist_ok=True)
+
+  records = []
+  for seed_index in range(num_seeds):  # seed-major: every model has a result before the next seed starts
+    for model in models:
+      records.append(train_or_resume(run_config(config, model, seed_index),
+                                     run_workdir(workdir, model, seed_index)))
+
+  result = {"runs": records, "rows": [], "files": {}}
+  if jax.process_index() != 0:
+    return result
+  _write_json(os.path.join(workdir, "compare_config.json"), _config_json(config))
+  timing_runs = int(config.compare.timing_runs)
+  # Fig. 5 shows the same test images for every model; each model's cost and pictures come from seed 0.
+  examples = pick_test_examples(run_config(config, models[0], 0), int(config.compare.num_figure_images))
+  profiles, predictions = {}, {}
+  for model in models:
+    trained = TrainedModel(run_workdir(workdir, model, 0))
+    profiles[model] = trained.profile(timing_runs)
+    predictions[model] = trained.predict(examples["image"])
+  device = device_description()
+  result["rows"] = summarize(records, profiles, models, config.encoder)
+  result["files"] = write_tables(result["rows"], records, config, workdir, device, timing_runs)
+  for path in write_curve_figures(config, workdir, models, num_seeds):
+    result["files"][os.path.basename(path)] = path
+  result["files"]["fig5.png"] = write_prediction_figure(examples, predictions, config, workdir)
+  return result
+
+
+def _write_json(path: str, data: Any) -> None:
+  """Writes atomically, so an interruption never leaves a half-written marker that looks finished."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(data, f, indent=2)
+  os.replace(tmp, path)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  result = run_comparison(flags.FLAGS.config, flags.FLAGS.workdir)
+  if jax.process_index() == 0:
+    with open(result["files"]["table1.md"]) as f:
+      print(f.read())
+
+
+if __name__ == "__main__":
+  # Flags are defined only when run as a program, so importing this module (tests, notebooks) never
+  # collides with train.py's flags of the same names.
+  config_flags.DEFINE_config_file("config", None, "Training config file, e.g. configs/default.py.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Directory of the comparison (one sub-directory per run).")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
