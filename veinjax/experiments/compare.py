@@ -40,6 +40,7 @@ import numpy as np
 
 from veinjax import checkpoint as checkpoint_lib
 from veinjax import models as models_lib
+from veinjax import summary
 from veinjax.models import cost
 from veinjax import train_lib
 from veinjax.experiments import plots
@@ -504,6 +505,7 @@ def _write_json(path: str, data: Any) -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  summary.quiet_library_logs(__file__)
   result = run_comparison(flags.FLAGS.config, flags.FLAGS.workdir)
   if jax.process_index() == 0:
     with open(result["files"]["table1.md"]) as f:
