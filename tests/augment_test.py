@@ -1,14 +1,14 @@
 """Tests for veinjax.data.augment: alignment of image and mask, determinism, eager == tf.data."""
 
 import copy
-import importlib.util
-import pathlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from veinjax.data import augment
+
+from conftest import load_config
 
 _SIZE = 64
 _GEOMETRIC = {  # one part on at a time, at a strength that visibly moves a 64 px frame
@@ -25,11 +25,7 @@ _INTENSITY = {"brightness": 0.2, "contrast": 0.3, "gamma": 0.3, "speckle": 0.2}
 
 
 def _default_augment():
-  path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py"
-  spec = importlib.util.spec_from_file_location("default_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config().augment
+  return load_config("default").augment
 
 
 def _aug(**parts):

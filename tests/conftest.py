@@ -52,6 +52,11 @@ def tiny_config(data_dir: str, **overrides):
   config.log_every_steps = 2
   config.num_summary_images = 1
   config.parallelism = "jit"
+  return override(config, **overrides)
+
+
+def override(config, **overrides):
+  """Sets dotted fields in place, e.g. override(config, **{"dataset.phantom_size": 32}); returns config."""
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")

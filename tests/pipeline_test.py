@@ -1,23 +1,18 @@
 """Tests for veinjax.data.pipeline: resizing, train batches (determinism, shards, resume), padded eval."""
 
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from veinjax.data import pipeline
 
+from conftest import load_config, override
+
 _SIZE = 32
 
 
 def _config(**overrides):
-  path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py"
-  spec = importlib.util.spec_from_file_location("default_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = load_config("default")
   config.image_size = _SIZE
   config.batch_size = 4
   config.eval_batch_size = 4
@@ -25,13 +20,7 @@ def _config(**overrides):
   config.augment.vflip = True
   config.augment.gamma = 0.2
   config.augment.speckle = 0.1
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
-  return config
+  return override(config, **overrides)
 
 
 def _raw(n, *, sizes=None, labels=(0, 1), seed=0, constant_images=False, channels=1):
