@@ -111,8 +111,8 @@ class TrainState(train_state.TrainState):
 def create_model(config: ml_collections.ConfigDict, bn_axis_name: str | None = None) -> flax.linen.Module:
   """The config's model; bf16 computation under `config.half_precision` (parameters stay float32)."""
   kwargs = {}
-  # unet and fcn8s have fixed encoders and reject any other value; the encoder field is for the others.
-  if config.model in ("resnet34_unet", "deeplabv3plus"):
+  # Models with a fixed encoder (unet, fcn8s) reject any other value; the encoder field is for the others.
+  if config.model not in models.FIXED_ENCODERS:
     kwargs["encoder"] = config.encoder
   return models.create_model(config.model, num_classes=config.num_classes,
                              dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
@@ -122,7 +122,7 @@ def create_model(config: ml_collections.ConfigDict, bn_axis_name: str | None = N
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
   """What a checkpoint must share with a config to be restored into its model."""
   return {"model": config.model,
-          "encoder": config.encoder if config.model in ("resnet34_unet", "deeplabv3plus") else None,
+          "encoder": None if config.model in models.FIXED_ENCODERS else config.encoder,
           "num_classes": int(config.num_classes), "in_channels": int(config.in_channels)}
 
 
