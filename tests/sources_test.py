@@ -145,3 +145,21 @@ def test_usgra_missing_root_names_the_flag_and_path(tmp_path):
       sources.load_raw_split(config, "train")
   with pytest.raises(ValueError, match="vessel, nerve_vessel"):
     sources.load_raw_split(_usgra_config(tmp_path / "tfds", usgra_config="veins"), "train")
+
+
+def test_foreground_name_says_what_the_foreground_metrics_measure():
+  config = default.get_config()
+  assert sources.foreground_name(config) == "Vein"  # the phantom
+  config.dataset.name = "usgra_seg"
+  assert sources.foreground_name(config) == "Vessel"
+  config.dataset.usgra_config = "nerve_vessel"  # metrics average nerve and vessel
+  assert sources.foreground_name(config) == "Foreground"
+  config.dataset.name = "folder"
+  config.dataset.labelme_labels = {"artery": 1}
+  assert sources.foreground_name(config) == "Artery"
+  config.dataset.labelme_labels = {"vein": 1, "artery": 2}
+  config.dataset.mask_values = "0:0,1:1,2:2"
+  assert sources.foreground_name(config) == "Foreground"
+  config.dataset.name = "voc"
+  with pytest.raises(ValueError, match="dataset.name='voc'"):
+    sources.foreground_name(config)

@@ -4,6 +4,7 @@
                                                        'mask': uint8 [H, W] class indices, 'id': tf.string}
   num_examples(config, split) -> int
   num_classes(config) -> int   (including background: 2 for a binary vein mask)
+  foreground_name(config) -> str   ("Vein", "Vessel", ...: what the foreground IoU and Dice measure)
 
 Datasets (config.dataset.name): `vein_phantom` (TFDS, generated locally), `usgra_seg` (TFDS, from a clone
 given by config.dataset.root), `folder` (the user's own folder, loaded into memory; no TFDS).
@@ -256,6 +257,24 @@ def num_classes(config) -> int:
   if name == "folder":
     from veinjax.data import folder  # pylint: disable=g-import-not-at-top
     return folder.num_classes(folder.label_spec(config.dataset))
+  raise ValueError(f"--config.dataset.name={name!r} is not a dataset; valid: {', '.join(DATASETS)}.")
+
+
+def foreground_name(config) -> str:
+  """What the foreground metrics (IoU, Dice, HD95) measure, for table and figure titles: "Vein", "Vessel"...
+
+  A multi-class dataset reports the mean over its foreground classes, so it is called "Foreground".
+  """
+  name = config.dataset.name
+  if name == "vein_phantom":
+    return "Vein"
+  if name == "usgra_seg":
+    return {"vessel": "Vessel", "nerve_vessel": "Foreground"}.get(config.dataset.usgra_config) or _bad_usgra(config)
+  if name == "folder":
+    labels = [label for label, cls in dict(config.dataset.labelme_labels).items() if cls == 1]
+    if num_classes(config) == 2 and len(labels) == 1:  # one named structure, e.g. {"vein": 1}
+      return labels[0].capitalize()
+    return "Foreground"
   raise ValueError(f"--config.dataset.name={name!r} is not a dataset; valid: {', '.join(DATASETS)}.")
 
 

@@ -63,13 +63,14 @@ _DISPLAY_NAMES = {
 FLOPS_IMAGE_SIZE = 512
 # A run directory holds this file once its training and test evaluation are complete.
 RUN_MARKER = "compare_run.json"
-# Metrics of the table: (metrics key, column title, CSV stem), vein IoU and Dice first (issue 5).
+# Metrics of the table, foreground IoU and Dice first (issue 5): (metrics key = CSV stem, column title).
+# "{fg}" is what the foreground is on this dataset (veinjax.data.sources.foreground_name): "Vein", "Vessel"...
 _METRIC_COLUMNS = (
-    ("iou", "Vein IoU", "vein_iou"),
-    ("dice", "Dice", "dice"),
-    ("acc", "ACC", "acc"),
-    ("miou", "mIoU", "miou"),
-    ("hd95", "HD95 (px)", "hd95"),
+    ("iou", "{fg} IoU"),
+    ("dice", "{fg} Dice"),
+    ("acc", "ACC"),
+    ("miou", "mIoU"),
+    ("hd95", "HD95 (px)"),
 )
 
 
@@ -284,8 +285,8 @@ def summarize(records: Sequence[Mapping[str, Any]], profiles: Mapping[str, Mappi
   for model in models:
     runs = [r for r in records if r["model"] == model]
     row = {"model": model, "name": display_name(model, encoder), "num_seeds": len(runs)}
-    for key, _, stem in _METRIC_COLUMNS:
-      row[f"{stem}_mean"], row[f"{stem}_std"] = _mean_std([r["metrics"].get(key) for r in runs])
+    for key, _ in _METRIC_COLUMNS:
+      row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r["metrics"].get(key) for r in runs])
     profile = profiles.get(model, {})
     row["params"] = profile.get("params")
     row["gflops_512"] = profile.get("gflops")
@@ -310,12 +311,18 @@ def _fmt_mean_std(mean: float | None, std: float | None, num_seeds: int, digits:
   return f"{mean:.{digits}f} ± {std:.{digits}f}" if num_seeds > 1 else f"{mean:.{digits}f}"
 
 
+def _foreground_name(config: ml_collections.ConfigDict) -> str:
+  from veinjax.data import sources  # pylint: disable=g-import-not-at-top  # TensorFlow only when needed
+  return sources.foreground_name(config)
+
+
 def table_markdown(rows: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict, device: str,
                    timing_runs: int) -> str:
   """Table 1 as Markdown, with a heading and footnotes that say how every number was made."""
   num_seeds = max(r["num_seeds"] for r in rows)
   size = config.image_size
-  header = ["Model"] + [title for _, title, _ in _METRIC_COLUMNS] + [
+  foreground = _foreground_name(config)
+  header = ["Model"] + [title.format(fg=foreground) for _, title in _METRIC_COLUMNS] + [
       "Params (M)", f"GFLOPs ({FLOPS_IMAGE_SIZE}x{FLOPS_IMAGE_SIZE})", f"ms / frame ({size}x{size})¹",
       "Paper ACC²", "Paper mIoU²"]
   lines = [
@@ -327,9 +334,9 @@ def table_markdown(rows: Sequence[Mapping[str, Any]], config: ml_collections.Con
   ]
   for r in rows:
     cells = [r["name"]]
-    for _, _, stem in _METRIC_COLUMNS:
-      digits = 1 if stem == "hd95" else 3
-      cells.append(_fmt_mean_std(r[f"{stem}_mean"], r[f"{stem}_std"], r["num_seeds"], digits))
+    for key, _ in _METRIC_COLUMNS:
+      digits = 1 if key == "hd95" else 3
+      cells.append(_fmt_mean_std(r[f"{key}_mean"], r[f"{key}_std"], r["num_seeds"], digits))
     cells += [
         _fmt(None if r["params"] is None else r["params"] / 1e6, 2),
         _fmt(r["gflops_512"], 1),
@@ -343,7 +350,9 @@ def table_markdown(rows: Sequence[Mapping[str, Any]], config: ml_collections.Con
   lines += [
       "",
       f"Test split, best checkpoint by {config.best_metric} on the {config.eval_split} split; {seeds_text}. "
-      "Vein IoU and Dice are of the foreground; mIoU averages background and foreground (the paper's eq. 6); "
+      f"{foreground} IoU and Dice are of the foreground class"
+      f"{' (mean over the foreground classes)' if config.num_classes > 2 else ''}; "
+      "mIoU averages background and foreground (the paper's eq. 6); "
       "HD95 in pixels at the model's input size. GFLOPs: XLA cost analysis of one forward pass.",
       "",
       f"¹ Inference on {device}: batch 1, jitted forward pass and class map, device compute only, "
@@ -357,7 +366,7 @@ def table_markdown(rows: Sequence[Mapping[str, Any]], config: ml_collections.Con
 
 
 _CSV_FIELDS = (["model", "name", "num_seeds"]
-               + [f"{stem}_{s}" for _, _, stem in _METRIC_COLUMNS for s in ("mean", "std")]
+               + [f"{key}_{s}" for key, _ in _METRIC_COLUMNS for s in ("mean", "std")]
                + ["params", "gflops_512", "inference_ms", "train_minutes_mean", "paper_acc", "paper_miou",
                   "device"])
 
@@ -375,13 +384,13 @@ def write_tables(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[st
     for row in rows:
       values = dict(row, device=device)
       writer.writerow({k: ("" if values.get(k) is None else values[k]) for k in _CSV_FIELDS})
-  run_fields = ["model", "seed"] + [key for key, _, _ in _METRIC_COLUMNS] + ["train_seconds"]
+  run_fields = ["model", "seed"] + [key for key, _ in _METRIC_COLUMNS] + ["train_seconds"]
   with open(paths["table1_runs.csv"], "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=run_fields)
     writer.writeheader()
     for r in records:
       values = {"model": r["model"], "seed": r["seed"], "train_seconds": r.get("train_seconds")}
-      values.update({key: r["metrics"].get(key) for key, _, _ in _METRIC_COLUMNS})
+      values.update({key: r["metrics"].get(key) for key, _ in _METRIC_COLUMNS})
       writer.writerow({k: ("" if v is None else v) for k, v in values.items()})
   return paths
 
