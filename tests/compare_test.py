@@ -88,6 +88,32 @@ def test_table_has_one_row_per_model_with_the_papers_columns(comparison):
   assert compare.device_description() in markdown
 
 
+def test_runs_table_holds_the_validation_figures_that_chose_each_checkpoint(comparison):
+  workdir = comparison["workdir"]
+  with open(os.path.join(workdir, "table1_runs.csv"), newline="") as f:
+    runs = list(csv.DictReader(f))
+  assert [r["model"] for r in runs] == list(_MODELS)
+  for run in runs:
+    history = compare.train_lib.read_history(compare.run_workdir(workdir, run["model"], 0))
+    assert history and history[-1]["eval_split"] == "validation"
+    assert float(run["selected_miou"]) == pytest.approx(max(r["miou"] for r in history))
+    assert int(run["selected_epoch"]) in [r["epoch"] for r in history]
+    assert 0.0 <= float(run["selected_dice"]) <= 1.0
+
+
+def test_selection_metrics_take_the_first_best_evaluation(tmp_path):
+  history = [{"epoch": 1, "eval_split": "validation", "miou": 0.6, "iou": 0.3, "dice": 0.4},
+             {"epoch": 2, "eval_split": "validation", "miou": 0.8, "iou": 0.6, "dice": 0.7},
+             {"epoch": 3, "eval_split": "validation", "miou": 0.8, "iou": 0.5, "dice": 0.9},  # a tie: not kept
+             {"epoch": 4, "eval_split": "validation", "miou": 0.7, "iou": 0.9, "dice": 0.95}]
+  with open(tmp_path / compare.train_lib.HISTORY_FILE, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in history)
+  selected = compare.selection_metrics(str(tmp_path), "miou")
+  assert (selected["epoch"], selected["iou"], selected["dice"]) == (2, 0.6, 0.7)
+  assert compare.selection_metrics(str(tmp_path), "dice")["epoch"] == 4
+  assert compare.selection_metrics(str(tmp_path / "no_run"), "miou") == {}
+
+
 def test_figures_are_valid_pngs(comparison):
   workdir = comparison["workdir"]
   for name in [f"fig3_{m}.png" for m in _MODELS] + ["fig5.png"]:

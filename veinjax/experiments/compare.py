@@ -9,7 +9,9 @@ evaluates each on the test split, and writes the paper's table and figures:
 DIR afterwards holds:
   <model>/seed_<k>/   a train.py workdir (checkpoints, history.jsonl, config.json, eval/test_metrics.json)
                       and compare_run.json, written once that run is trained and evaluated
-  table1.md, table1.csv   one row per model (mean +- std over seeds); table1_runs.csv: one row per run
+  table1.md, table1.csv   one row per model (mean +- std over seeds); table1_runs.csv: one row per run.
+                      The CSVs also hold selected_{iou,dice,miou}: the validation figures of the evaluation
+                      that chose each best checkpoint; compare recipes by those, never by test figures
   fig3_<model>.png    loss / val loss, ACC, mIoU per epoch (the paper's Fig. 3 and 4)
   fig5.png            original, label and each model's prediction for three test images (Fig. 5)
 
@@ -269,6 +271,25 @@ def device_description() -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
+# Validation metrics of the evaluation that chose each run's best checkpoint: the numbers to compare recipes
+# by (choosing a recipe by its test figures would leak the test set into the choice).
+_SELECTION_KEYS = ("iou", "dice", "miou")
+
+
+def selection_metrics(workdir: str, best_metric: str) -> dict[str, Any]:
+  """Metrics of the evaluation (history record) whose `best_metric` chose the best checkpoint ({} if none).
+
+  The checkpointer keeps a new best only when it is strictly higher, so ties go to the earliest evaluation.
+  """
+  history = train_lib.read_history(workdir)
+  scored = [r for r in history if r.get(best_metric) is not None]
+  if not scored:
+    return {}
+  best = max(scored, key=lambda r: r[best_metric])  # max() returns the first of equal maxima
+  return {"eval_split": best.get("eval_split"), "epoch": best.get("epoch"), "best_metric": best_metric,
+          **{key: best.get(key) for key in _SELECTION_KEYS}}
+
+
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
   """Mean and sample standard deviation (ddof=1; 0 for one value), ignoring missing / NaN values."""
   values = [float(v) for v in values if v is not None and np.isfinite(v)]
@@ -292,6 +313,9 @@ def summarize(records: Sequence[Mapping[str, Any]], profiles: Mapping[str, Mappi
     row["gflops_512"] = profile.get("gflops")
     row["inference_ms"] = profile.get("inference_ms")
     row["train_minutes_mean"], _ = _mean_std([r.get("train_seconds", 0.0) / 60.0 for r in runs])
+    for key in _SELECTION_KEYS:  # on the split that chose the checkpoint (validation unless configured)
+      row[f"selected_{key}_mean"], row[f"selected_{key}_std"] = _mean_std(
+          [r.get("selection", {}).get(key) for r in runs])
     row["paper_acc"], row["paper_miou"] = PAPER_RESULTS.get(model, (None, None))
     rows.append(row)
   return rows
@@ -367,8 +391,9 @@ def table_markdown(rows: Sequence[Mapping[str, Any]], config: ml_collections.Con
 
 _CSV_FIELDS = (["model", "name", "num_seeds"]
                + [f"{key}_{s}" for key, _ in _METRIC_COLUMNS for s in ("mean", "std")]
-               + ["params", "gflops_512", "inference_ms", "train_minutes_mean", "paper_acc", "paper_miou",
-                  "device"])
+               + ["params", "gflops_512", "inference_ms", "train_minutes_mean"]
+               + [f"selected_{key}_{s}" for key in _SELECTION_KEYS for s in ("mean", "std")]
+               + ["paper_acc", "paper_miou", "device"])
 
 
 def write_tables(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]],
@@ -384,13 +409,17 @@ def write_tables(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[st
     for row in rows:
       values = dict(row, device=device)
       writer.writerow({k: ("" if values.get(k) is None else values[k]) for k in _CSV_FIELDS})
-  run_fields = ["model", "seed"] + [key for key, _ in _METRIC_COLUMNS] + ["train_seconds"]
+  run_fields = (["model", "seed"] + [key for key, _ in _METRIC_COLUMNS] + ["train_seconds", "selected_epoch"]
+                + [f"selected_{key}" for key in _SELECTION_KEYS])
   with open(paths["table1_runs.csv"], "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=run_fields)
     writer.writeheader()
     for r in records:
       values = {"model": r["model"], "seed": r["seed"], "train_seconds": r.get("train_seconds")}
       values.update({key: r["metrics"].get(key) for key, _ in _METRIC_COLUMNS})
+      selection = r.get("selection", {})
+      values["selected_epoch"] = selection.get("epoch")
+      values.update({f"selected_{key}": selection.get(key) for key in _SELECTION_KEYS})
       writer.writerow({k: ("" if v is None else v) for k, v in values.items()})
   return paths
 
@@ -479,8 +508,10 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   records = []
   for seed_index in range(num_seeds):  # seed-major: every model has a result before the next seed starts
     for model in models:
-      records.append(train_or_resume(run_config(config, model, seed_index),
-                                     run_workdir(workdir, model, seed_index)))
+      run_dir = run_workdir(workdir, model, seed_index)
+      record = train_or_resume(run_config(config, model, seed_index), run_dir)
+      record["selection"] = selection_metrics(run_dir, config.best_metric)
+      records.append(record)
 
   result = {"runs": records, "rows": [], "files": {}}
   if jax.process_index() != 0:
