@@ -66,6 +66,63 @@ def test_stride2_conv_samples_like_pytorch():
   np.testing.assert_allclose(y, x[:, ::2, ::2], atol=1e-6)
 
 
+_NHWC = jax.lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
+
+
+def _uses_matmul(fn, *args):
+  return "dot_general" in str(jax.make_jaxpr(fn)(*args))
+
+
+@pytest.mark.parametrize("map_size, kernel, stride, dilation", [
+    (4, 7, 1, 1),  # FCN-8s's fc6 on pool5 of a 128x128 input
+    (2, 3, 1, 1),  # a ResNet 3x3 conv on a 2x2 map (64x64 input)
+    (2, 3, 2, 1),  # strided
+    (1, 3, 1, 2),  # dilated, on a 1x1 map
+    (3, 5, 1, 1),  # odd map size
+])
+def test_small_map_matmul_equals_the_convolution_with_its_gradients(map_size, kernel, stride, dilation):
+  x = _x((2, map_size, map_size, 8))
+  w = _x((kernel, kernel, 8, 16), seed=1)
+  padding = layers.conv_padding(kernel, dilation)
+
+  def loss(conv_fn, x, w):
+    y = conv_fn(x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation), dimension_numbers=_NHWC)
+    return jnp.sum(jnp.sin(y)), y
+
+  ours = functools.partial(loss, layers.conv_general_dilated)
+  reference = functools.partial(loss, jax.lax.conv_general_dilated)
+  assert _uses_matmul(ours, x, w)  # the CPU path is the one under test
+  (_, y), grads = jax.value_and_grad(ours, argnums=(0, 1), has_aux=True)(x, w)
+  (_, y_ref), grads_ref = jax.value_and_grad(reference, argnums=(0, 1), has_aux=True)(x, w)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+  for g, g_ref in zip(grads, grads_ref):
+    np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_small_map_matmul_only_where_the_kernel_exceeds_the_map():
+  conv = functools.partial(layers.conv_general_dilated, window_strides=(1, 1), padding=((1, 1), (1, 1)),
+                           dimension_numbers=_NHWC)
+  small, large, w = _x((1, 2, 2, 4)), _x((1, 8, 8, 4)), _x((3, 3, 4, 4))
+  assert _uses_matmul(conv, small, w)
+  assert not _uses_matmul(conv, large, w)
+  dilated = functools.partial(conv, padding=((12, 12), (12, 12)), rhs_dilation=(12, 12))
+  assert not _uses_matmul(dilated, large, w)  # a dilated ASPP conv on an 8x8 map: plain is faster
+  # The path is chosen at trace time and traces are cached per function: a fresh function each time.
+  with layers.lax_convolutions():
+    assert not _uses_matmul(functools.partial(conv), small, w)
+  assert _uses_matmul(functools.partial(conv), small, w)  # the context restores the default
+
+
+def test_fcn_gives_the_same_logits_with_and_without_the_small_map_matmul():
+  model = fcn.FCN8s(fc_features=32, encoder=functools.partial(fcn.VGGEncoder, widths=(4, 4, 8, 8, 8)))
+  x = _x((2, 64, 64, 1))  # pool5 is 2x2, fc6 is 7x7
+  variables = model.init(jax.random.key(0), x)
+  ours = model.apply(variables, x)
+  with layers.lax_convolutions():
+    reference = model.apply(variables, x)
+  np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
+
+
 def test_upsample_nearest2x_repeats_each_pixel():
   x = jnp.arange(6.0).reshape(1, 2, 3, 1)
   y = layers.upsample_nearest2x(x)

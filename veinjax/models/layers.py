@@ -15,6 +15,7 @@ Conventions, all layers:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -33,10 +34,69 @@ SIZE_DIVISOR = 32
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None):
+  """`lax.conv_general_dilated`, except that on XLA:CPU a kernel larger than its input becomes a matmul.
+
+  XLA's CPU convolution is pathologically slow when the kernel is larger than the feature map, as in the
+  deepest layers of small training images: FCN-8s's 7x7 fc6 on a 4x4 pool5 map (128x128 input), ResNet's
+  3x3 convs on 2x2 maps (64x64 input). There the convolution is computed as im2col + one matmul:
+  `python benchmarks/small_map_conv.py` measured an FCN-8s training step at 128x128 11.8x faster and a
+  ResNet34-UNet step at 64x64 3.5x faster on a 2-core CPU. Everywhere else (GPU, TPU, larger maps) this is
+  exactly `lax.conv_general_dilated`. Same parameters either way; results equal up to float rounding.
+  """
+  nhwc = (lhs.ndim == 4 and dimension_numbers is not None
+          and tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
+          and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1)
+          and tuple(dimension_numbers.out_spec) == (0, 3, 1, 2))
+  use_matmul = (_small_map_matmul and jax.default_backend() == "cpu" and nhwc
+                and feature_group_count == 1 and batch_group_count == 1
+                and all(d == 1 for d in (lhs_dilation or (1, 1)))
+                # The kernel itself, not its dilated extent: dilated ASPP convs on 8x8 maps are fine (and
+                # slower as matmuls), 3x3 convs on 2x2 maps are not.
+                and any(k > size for k, size in zip(rhs.shape[:2], lhs.shape[1:3])))
+  if not use_matmul:
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type)
+  kh, kw, cin, cout = rhs.shape
+  # [N, H', W', cin * kh * kw], features ordered (cin, kh, kw).
+  patches = jax.lax.conv_general_dilated_patches(
+      lhs, (kh, kw), window_strides, padding, rhs_dilation=rhs_dilation,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+  kernel = jnp.transpose(rhs, (2, 0, 1, 3)).reshape(cin * kh * kw, cout)
+  return jax.lax.dot_general(patches, kernel, (((3,), (0,)), ((), ())), precision=precision,
+                             preferred_element_type=preferred_element_type)
+
+
+_small_map_matmul = True  # see lax_convolutions()
+
+
+@contextlib.contextmanager
+def lax_convolutions():
+  """Within this context, models traced use `lax.conv_general_dilated` everywhere, CPU included.
+
+  For FLOP counts (the model's arithmetic, not the CPU workaround's) and for benchmarking the workaround.
+  The choice is made when a function is traced, and JAX caches traces per function: trace (jit) a new
+  function inside the context, not one already traced outside it.
+  """
+  global _small_map_matmul
+  previous, _small_map_matmul = _small_map_matmul, False
+  try:
+    yield
+  finally:
+    _small_map_matmul = previous
+
+
 def make_conv(dtype: Dtype = jnp.float32, conv: ModuleDef = nn.Conv) -> ModuleDef:
   """The convolution every block uses: no bias, He init, float32 parameters, computation in `dtype`."""
+  # nn.ConvTranspose has no conv_general_dilated field (and never meets the small-map case).
+  small_map = {"conv_general_dilated": conv_general_dilated} if conv is nn.Conv else {}
   return functools.partial(
-      conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init
+      conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init, **small_map
   )
 
 
