@@ -184,6 +184,8 @@ def test_several_seeds_give_mean_and_sample_std(phantom_data_dir):
   config = _tiny_config(phantom_data_dir)
   markdown = compare.table_markdown(rows, config, "test device", timing_runs=5)
   line = next(l for l in markdown.splitlines() if l.startswith("| ResNet34-UNet"))
-  assert "0.800 ± 0.100" in line and "24.00" in line
+  cells = [c.strip() for c in line.strip("|").split("|")]
+  assert cells[1] == "0.800 ± 0.100" and cells[6] == "24.00"  # vein IoU first; params in millions
+  assert cells[9] == "1.0"  # training minutes per seed
   assert "3 seeds" in markdown and "test device" in markdown
   assert next(l for l in markdown.splitlines() if l.startswith("| U-Net")).count("—") >= 4
