@@ -93,5 +93,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.compare.num_seeds = 1  # > 1: seeds config.seed .. config.seed + n - 1, mean +- std in the table
   config.compare.timing_runs = 20  # inference ms per frame = the median of this many batch-1 runs
   config.compare.num_figure_images = 3  # rows of fig5.png: the first test images with foreground
+  # True: train nothing; tabulate the runs already finished in --workdir (e.g. while others still train).
+  config.compare.report_only = False
 
   return config

@@ -79,7 +79,7 @@ def test_table_has_one_row_per_model_with_the_papers_columns(comparison):
   markdown = open(os.path.join(workdir, "table1.md")).read()
   header = next(line for line in markdown.splitlines() if line.startswith("| Model"))
   titles = [c.strip() for c in header.strip("|").split("|")]
-  assert titles[:3] == ["Model", "Vein IoU", "Vein Dice"]  # the table leads with the phantom's vein IoU and Dice
+  assert titles[:4] == ["Model", "Seeds", "Vein IoU", "Vein Dice"]  # leads with the phantom's vein IoU, Dice
   for expected in ("ACC", "mIoU", "HD95 (px)", "Params (M)", "GFLOPs (512x512)"):
     assert expected in titles
   assert any(t.startswith("ms / frame") for t in titles)
@@ -99,6 +99,22 @@ def test_runs_table_holds_the_validation_figures_that_chose_each_checkpoint(comp
     assert float(run["selected_miou"]) == pytest.approx(max(r["miou"] for r in history))
     assert int(run["selected_epoch"]) in [r["epoch"] for r in history]
     assert 0.0 <= float(run["selected_dice"]) <= 1.0
+
+
+def test_report_only_tabulates_finished_runs_and_trains_nothing(comparison, tmp_path):
+  config = comparison["config"]
+  with config.unlocked():
+    config = config.copy_and_resolve_references()
+  config.compare.num_seeds = 2  # seed 1 was never trained
+  config.compare.report_only = True
+  workdir = comparison["workdir"]
+  result = compare.run_comparison(config, workdir)
+  assert [(r["model"], r["seed_index"], r["status"]) for r in result["runs"]] == [
+      (m, 0, "skipped") for m in _MODELS]
+  assert not os.path.exists(compare.run_workdir(workdir, _MODELS[0], 1))
+  assert [row["num_seeds"] for row in result["rows"]] == [1, 1]
+  with pytest.raises(ValueError, match="no finished run.*report_only"):
+    compare.run_comparison(config, str(tmp_path / "empty"))
 
 
 def test_selection_metrics_take_the_first_best_evaluation(tmp_path):
@@ -185,7 +201,8 @@ def test_several_seeds_give_mean_and_sample_std(phantom_data_dir):
   markdown = compare.table_markdown(rows, config, "test device", timing_runs=5)
   line = next(l for l in markdown.splitlines() if l.startswith("| ResNet34-UNet"))
   cells = [c.strip() for c in line.strip("|").split("|")]
-  assert cells[1] == "0.800 ± 0.100" and cells[6] == "24.00"  # vein IoU first; params in millions
-  assert cells[9] == "1.0"  # training minutes per seed
-  assert "3 seeds" in markdown and "test device" in markdown
+  assert cells[1:3] == ["3", "0.800 ± 0.100"] and cells[7] == "24.00"  # seeds, vein IoU; params in millions
+  assert cells[10] == "1.0"  # training minutes per seed
+  assert "1-3 seeds per model" in markdown and "test device" in markdown
+  assert "U-Net 0" in markdown  # rows with different seeds say which seeds each used
   assert next(l for l in markdown.splitlines() if l.startswith("| U-Net")).count("—") >= 4

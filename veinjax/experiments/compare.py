@@ -18,6 +18,8 @@ DIR afterwards holds:
 Started again on the same DIR it skips finished runs (compare_run.json present and its config equal to the
 one asked for), resumes interrupted ones through train_and_evaluate's own checkpoint resume, and rewrites
 the table and figures. A finished run whose config differs is an error, never silently retrained.
+`--config.compare.report_only=True` trains nothing: it tabulates the runs finished so far (each row says
+how many seeds it averages), e.g. while a long comparison is still running elsewhere.
 """
 
 from __future__ import annotations
@@ -305,7 +307,8 @@ def summarize(records: Sequence[Mapping[str, Any]], profiles: Mapping[str, Mappi
   rows = []
   for model in models:
     runs = [r for r in records if r["model"] == model]
-    row = {"model": model, "name": display_name(model, encoder), "num_seeds": len(runs)}
+    row = {"model": model, "name": display_name(model, encoder), "num_seeds": len(runs),
+           "seeds": sorted(int(r["seed"]) for r in runs)}
     for key, _ in _METRIC_COLUMNS:
       row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r["metrics"].get(key) for r in runs])
     profile = profiles.get(model, {})
@@ -343,21 +346,22 @@ def _foreground_name(config: ml_collections.ConfigDict) -> str:
 def table_markdown(rows: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict, device: str,
                    timing_runs: int) -> str:
   """Table 1 as Markdown, with a heading and footnotes that say how every number was made."""
-  num_seeds = max(r["num_seeds"] for r in rows)
+  seed_lists = {tuple(r["seeds"]) for r in rows}
+  counts = sorted({r["num_seeds"] for r in rows})
   size = config.image_size
   foreground = _foreground_name(config)
-  header = ["Model"] + [title.format(fg=foreground) for _, title in _METRIC_COLUMNS] + [
+  header = ["Model", "Seeds"] + [title.format(fg=foreground) for _, title in _METRIC_COLUMNS] + [
       "Params (M)", f"GFLOPs ({FLOPS_IMAGE_SIZE}x{FLOPS_IMAGE_SIZE})", f"ms / frame ({size}x{size})¹",
       "Train min / seed³", "Paper ACC²", "Paper mIoU²"]
   lines = [
       f"## Table 1: {config.dataset.name}, {size}x{size}, {_plural(config.num_epochs, 'epoch')}, "
-      f"{_plural(num_seeds, 'seed')}",
+      f"{_plural(counts[0], 'seed') if len(counts) == 1 else f'{counts[0]}-{counts[-1]} seeds per model'}",
       "",
       "| " + " | ".join(header) + " |",
       "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
   ]
   for r in rows:
-    cells = [r["name"]]
+    cells = [r["name"], str(r["num_seeds"])]
     for key, _ in _METRIC_COLUMNS:
       digits = 1 if key == "hd95" else 3
       cells.append(_fmt_mean_std(r[f"{key}_mean"], r[f"{key}_std"], r["num_seeds"], digits))
@@ -370,8 +374,12 @@ def table_markdown(rows: Sequence[Mapping[str, Any]], config: ml_collections.Con
         _fmt(r["paper_miou"]),
     ]
     lines.append("| " + " | ".join(cells) + " |")
-  seeds_text = (f"mean ± sample std over seeds {config.seed}..{config.seed + num_seeds - 1}"
-                if num_seeds > 1 else f"seed {config.seed}")
+  if len(seed_lists) == 1:
+    seed_values = ", ".join(str(k) for k in next(iter(seed_lists)))
+    seeds_text = (f"mean ± sample std over seeds {seed_values}" if counts[0] > 1 else f"seed {seed_values}")
+  else:  # report_only over unfinished seeds: rows differ
+    seeds_text = ("mean ± sample std over each model's finished seeds (the Seeds column; one seed shows no "
+                  "±): " + "; ".join(f"{r['name']} {', '.join(str(k) for k in r['seeds'])}" for r in rows))
   lines += [
       "",
       f"Test split, best checkpoint by {config.best_metric} on the {config.eval_split} split; {seeds_text}. "
@@ -433,13 +441,15 @@ def write_tables(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[st
 # ---------------------------------------------------------------------------------------------------
 
 
-def write_curve_figures(config: ml_collections.ConfigDict, workdir: str, models: Sequence[str],
-                        num_seeds: int) -> list[str]:
-  """fig3_<model>.png for each model: one line per seed."""
+def write_curve_figures(config: ml_collections.ConfigDict, workdir: str,
+                        seeds: Mapping[str, Sequence[int]]) -> list[str]:
+  """fig3_<model>.png for each model of `seeds` (model -> seed indices): one line per seed."""
   paths = []
-  for model in models:
+  for model, seed_indices in seeds.items():
+    if not seed_indices:
+      continue
     histories = {f"seed {config.seed + k}": train_lib.read_history(run_workdir(workdir, model, k))
-                 for k in range(num_seeds)}
+                 for k in seed_indices}
     histories = {k: v for k, v in histories.items() if v}
     path = os.path.join(workdir, f"fig3_{model}.png")
     plots.plot_training_curves(histories, path, title=display_name(model, config.encoder),
@@ -509,30 +519,42 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     raise ValueError(f"config.compare.num_figure_images={config.compare.num_figure_images} must be >= 1.")
   os.makedirs(workdir, exist_ok=True)
 
+  report_only = bool(config.compare.report_only)
   records = []
   for seed_index in range(num_seeds):  # seed-major: every model has a result before the next seed starts
     for model in models:
       run_dir = run_workdir(workdir, model, seed_index)
+      if report_only and not os.path.exists(os.path.join(run_dir, RUN_MARKER)):
+        logging.info("%s seed %d: not finished, left out of the report (%s).", model, seed_index, run_dir)
+        continue
       record = train_or_resume(run_config(config, model, seed_index), run_dir)
+      record["seed_index"] = seed_index
       record["selection"] = selection_metrics(run_dir, config.best_metric)
       records.append(record)
+  # Seeds with a finished run, per model: all of them unless report_only left some out.
+  seeds = {m: [r["seed_index"] for r in records if r["model"] == m] for m in models}
+  models = [m for m in models if seeds[m]]
+  if not models:
+    raise ValueError(f"{workdir} holds no finished run of config.compare.models={config.compare.models!r}; "
+                     "run without --config.compare.report_only=True to train them.")
 
   result = {"runs": records, "rows": [], "files": {}}
   if jax.process_index() != 0:
     return result
   _write_json(os.path.join(workdir, "compare_config.json"), _config_json(config))
   timing_runs = int(config.compare.timing_runs)
-  # Fig. 5 shows the same test images for every model; each model's cost and pictures come from seed 0.
+  # Fig. 5 shows the same test images for every model; each model's cost and pictures come from its first
+  # finished seed (seed 0 unless report_only left it out).
   examples = pick_test_examples(run_config(config, models[0], 0), int(config.compare.num_figure_images))
   profiles, predictions = {}, {}
   for model in models:
-    trained = TrainedModel(run_workdir(workdir, model, 0))
+    trained = TrainedModel(run_workdir(workdir, model, seeds[model][0]))
     profiles[model] = trained.profile(timing_runs)
     predictions[model] = trained.predict(examples["image"])
   device = device_description()
   result["rows"] = summarize(records, profiles, models, config.encoder)
   result["files"] = write_tables(result["rows"], records, config, workdir, device, timing_runs)
-  for path in write_curve_figures(config, workdir, models, num_seeds):
+  for path in write_curve_figures(config, workdir, seeds):
     result["files"][os.path.basename(path)] = path
   result["files"]["fig5.png"] = write_prediction_figure(examples, predictions, config, workdir)
   return result
