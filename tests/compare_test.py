@@ -22,6 +22,11 @@ def _tiny_config(data_dir):
   return config
 
 
+def _read_csv(workdir, name):
+  with open(os.path.join(workdir, name), newline="") as f:
+    return list(csv.DictReader(f))
+
+
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory, phantom_data_dir):
   """Runs the comparison twice on the same workdir; returns both results and the file mtimes between."""
@@ -61,8 +66,7 @@ def test_second_run_skips_finished_runs_and_touches_no_run_file(comparison):
 
 def test_table_has_one_row_per_model_with_the_papers_columns(comparison):
   workdir = comparison["workdir"]
-  with open(os.path.join(workdir, "table1.csv"), newline="") as f:
-    rows = list(csv.DictReader(f))
+  rows = _read_csv(workdir, "table1.csv")
   assert [r["model"] for r in rows] == list(_MODELS)
   for row in rows:
     for column in ("iou_mean", "dice_mean", "acc_mean", "miou_mean", "params", "gflops_512",
@@ -90,8 +94,7 @@ def test_table_has_one_row_per_model_with_the_papers_columns(comparison):
 
 def test_runs_table_holds_the_validation_figures_that_chose_each_checkpoint(comparison):
   workdir = comparison["workdir"]
-  with open(os.path.join(workdir, "table1_runs.csv"), newline="") as f:
-    runs = list(csv.DictReader(f))
+  runs = _read_csv(workdir, "table1_runs.csv")
   assert [r["model"] for r in runs] == list(_MODELS)
   for run in runs:
     history = compare.train_lib.read_history(compare.run_workdir(workdir, run["model"], 0))

@@ -37,7 +37,7 @@ _TEST_SALT, _VALIDATION_SALT = 1, 2
 def _check_config(config, split: str) -> None:
   name = config.dataset.name
   if name not in DATASETS:
-    raise ValueError(f"--config.dataset.name={name!r} is not a dataset; valid: {', '.join(DATASETS)}.")
+    _bad_dataset(config)
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r} for dataset {name!r}; valid splits: {', '.join(SPLITS)}.")
   if config.in_channels not in (1, 3):
@@ -257,7 +257,7 @@ def num_classes(config) -> int:
   if name == "folder":
     from veinjax.data import folder  # pylint: disable=g-import-not-at-top
     return folder.num_classes(folder.label_spec(config.dataset))
-  raise ValueError(f"--config.dataset.name={name!r} is not a dataset; valid: {', '.join(DATASETS)}.")
+  return _bad_dataset(config)
 
 
 def foreground_name(config) -> str:
@@ -275,7 +275,12 @@ def foreground_name(config) -> str:
     if num_classes(config) == 2 and len(labels) == 1:  # one named structure, e.g. {"vein": 1}
       return labels[0].capitalize()
     return "Foreground"
-  raise ValueError(f"--config.dataset.name={name!r} is not a dataset; valid: {', '.join(DATASETS)}.")
+  return _bad_dataset(config)
+
+
+def _bad_dataset(config):
+  raise ValueError(f"--config.dataset.name={config.dataset.name!r} is not a dataset; valid: "
+                   f"{', '.join(DATASETS)}.")
 
 
 def _bad_usgra(config):

@@ -446,8 +446,6 @@ def write_curve_figures(config: ml_collections.ConfigDict, workdir: str,
   """fig3_<model>.png for each model of `seeds` (model -> seed indices): one line per seed."""
   paths = []
   for model, seed_indices in seeds.items():
-    if not seed_indices:
-      continue
     histories = {f"seed {config.seed + k}": train_lib.read_history(run_workdir(workdir, model, k))
                  for k in seed_indices}
     histories = {k: v for k, v in histories.items() if v}
@@ -531,9 +529,10 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
       record["seed_index"] = seed_index
       record["selection"] = selection_metrics(run_dir, config.best_metric)
       records.append(record)
-  # Seeds with a finished run, per model: all of them unless report_only left some out.
+  # Seeds with a finished run, per model with any: all of them unless report_only left some out.
   seeds = {m: [r["seed_index"] for r in records if r["model"] == m] for m in models}
-  models = [m for m in models if seeds[m]]
+  seeds = {m: indices for m, indices in seeds.items() if indices}
+  models = list(seeds)
   if not models:
     raise ValueError(f"{workdir} holds no finished run of config.compare.models={config.compare.models!r}; "
                      "run without --config.compare.report_only=True to train them.")
