@@ -125,18 +125,19 @@ def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """Nested config JSON as dotted field names: {"augment": {"gamma": 0.3}} -> {"augment.gamma": 0.3}."""
   flat = {}
   for key, value in tree.items():
     if isinstance(value, Mapping):
-      flat.update(_flatten(value, f"{prefix}{key}."))
+      flat.update(flatten(value, f"{prefix}{key}."))
     else:
       flat[f"{prefix}{key}"] = value
   return flat
 
 
 def _config_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-  stored, wanted = _flatten(stored), _flatten(wanted)
+  stored, wanted = flatten(stored), flatten(wanted)
   absent = object()
   return sorted(k for k in set(stored) | set(wanted) if stored.get(k, absent) != wanted.get(k, absent))
 
@@ -292,7 +293,7 @@ def selection_metrics(workdir: str, best_metric: str) -> dict[str, Any]:
           **{key: best.get(key) for key in _SELECTION_KEYS}}
 
 
-def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
   """Mean and sample standard deviation (ddof=1; 0 for one value), ignoring missing / NaN values."""
   values = [float(v) for v in values if v is not None and np.isfinite(v)]
   if not values:
@@ -310,14 +311,14 @@ def summarize(records: Sequence[Mapping[str, Any]], profiles: Mapping[str, Mappi
     row = {"model": model, "name": display_name(model, encoder), "num_seeds": len(runs),
            "seeds": sorted(int(r["seed"]) for r in runs)}
     for key, _ in _METRIC_COLUMNS:
-      row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r["metrics"].get(key) for r in runs])
+      row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r["metrics"].get(key) for r in runs])
     profile = profiles.get(model, {})
     row["params"] = profile.get("params")
     row["gflops_512"] = profile.get("gflops")
     row["inference_ms"] = profile.get("inference_ms")
-    row["train_minutes_mean"], _ = _mean_std([r.get("train_seconds", 0.0) / 60.0 for r in runs])
+    row["train_minutes_mean"], _ = mean_std([r.get("train_seconds", 0.0) / 60.0 for r in runs])
     for key in _SELECTION_KEYS:  # on the split that chose the checkpoint (validation unless configured)
-      row[f"selected_{key}_mean"], row[f"selected_{key}_std"] = _mean_std(
+      row[f"selected_{key}_mean"], row[f"selected_{key}_std"] = mean_std(
           [r.get("selection", {}).get(key) for r in runs])
     row["paper_acc"], row["paper_miou"] = PAPER_RESULTS.get(model, (None, None))
     rows.append(row)
@@ -332,7 +333,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
   return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _fmt_mean_std(mean: float | None, std: float | None, num_seeds: int, digits: int = 3) -> str:
+def format_mean_std(mean: float | None, std: float | None, num_seeds: int, digits: int = 3) -> str:
   if mean is None:
     return "—"
   return f"{mean:.{digits}f} ± {std:.{digits}f}" if num_seeds > 1 else f"{mean:.{digits}f}"
@@ -364,7 +365,7 @@ def table_markdown(rows: Sequence[Mapping[str, Any]], config: ml_collections.Con
     cells = [r["name"], str(r["num_seeds"])]
     for key, _ in _METRIC_COLUMNS:
       digits = 1 if key == "hd95" else 3
-      cells.append(_fmt_mean_std(r[f"{key}_mean"], r[f"{key}_std"], r["num_seeds"], digits))
+      cells.append(format_mean_std(r[f"{key}_mean"], r[f"{key}_std"], r["num_seeds"], digits))
     cells += [
         _fmt(None if r["params"] is None else r["params"] / 1e6, 2),
         _fmt(r["gflops_512"], 1),
