@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from conftest import override
 from veinjax.experiments import recipes
 
 _RUN_FIELDS = ["model", "seed", "iou", "dice", "train_seconds", "selected_epoch", "selected_iou",
@@ -19,13 +20,7 @@ def _config(**overrides):
             "loss": "bce", "num_epochs": 10, "eval_split": "validation", "best_metric": "miou",
             "augment": {"gamma": 0.0, "scale_range": [0.9, 1.1]},
             "compare": {"models": "resnet34_unet", "num_seeds": 3}}
-  for field, value in overrides.items():
-    node = config
-    *parents, leaf = field.split("__")
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+  return override(config, **overrides)  # dotted fields, e.g. **{"dataset.name": "usgra_seg"}
 
 
 def _workdir(root, name, config, runs):
@@ -53,10 +48,10 @@ def three_recipes(tmp_path):
   root = str(tmp_path)
   return [
       _workdir(root, "reference", _config(), [(0, 0.50, 0.50), (1, 0.60, 0.60), (2, 0.40, 0.40)]),
-      _workdir(root, "longer", _config(num_epochs=40, augment__scale_range=[0.8, 1.25]),
+      _workdir(root, "longer", _config(num_epochs=40, **{"augment.scale_range": [0.8, 1.25]}),
                [(0, 0.62, 0.55), (1, 0.70, 0.61), (2, 0.55, 0.45)]),
       # Same recipe data but stored at another dataset location: locations are allowed to differ.
-      _workdir(root, "dice_loss", _config(loss="dice", dataset__root="/elsewhere"),
+      _workdir(root, "dice_loss", _config(loss="dice", **{"dataset.root": "/elsewhere"}),
                [(0, 0.58, 0.90), (1, 0.66, 0.90), (2, 0.50, 0.90)]),
   ]
 
@@ -100,10 +95,10 @@ def test_choosing_by_another_metric(three_recipes):
     recipes.compare_recipes(three_recipes, "resnet34_unet", "hd95")
 
 
-@pytest.mark.parametrize("field, value", [("dataset__name", "usgra_seg"), ("seed", 7), ("num_classes", 2)])
+@pytest.mark.parametrize("field, value", [("dataset.name", "usgra_seg"), ("seed", 7), ("num_classes", 2)])
 def test_refuses_recipes_with_other_validation_data(tmp_path, three_recipes, field, value):
   other = _workdir(str(tmp_path), "other", _config(**{field: value}), [(7, 0.9, 0.9)])
-  with pytest.raises(ValueError, match=f"{other} differs .* {field.replace('__', '.')}="):
+  with pytest.raises(ValueError, match=f"{other} differs .* {field}="):
     recipes.compare_recipes([three_recipes[0], other], "resnet34_unet")
 
 
