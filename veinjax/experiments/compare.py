@@ -136,7 +136,8 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-def _config_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+def config_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+  """The dotted fields (sorted) whose values differ between two config JSONs, or that only one has."""
   stored, wanted = flatten(stored), flatten(wanted)
   absent = object()
   return sorted(k for k in set(stored) | set(wanted) if stored.get(k, absent) != wanted.get(k, absent))
@@ -144,7 +145,7 @@ def _config_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) ->
 
 def _check_same_config(stored: Mapping[str, Any], wanted: Mapping[str, Any], workdir: str,
                        which: str) -> None:
-  differences = _config_differences(stored, wanted)
+  differences = config_differences(stored, wanted)
   if differences:
     raise ValueError(
         f"{workdir} holds {which} run with a different config (fields: {', '.join(differences)}). "

@@ -58,12 +58,14 @@ def _read_runs(workdir: str) -> list[dict[str, str]]:
 
 
 def _read_config(workdir: str) -> dict[str, Any]:
+  """The recipe's config JSON (nested, as compare wrote it) without the runner's own `compare` block."""
   path = os.path.join(workdir, "compare_config.json")
   if not os.path.exists(path):
     raise ValueError(f"{path} does not exist: rerun compare on {workdir} (it writes the file with the tables).")
   with open(path) as f:
-    flat = compare.flatten(json.load(f))
-  return {k: v for k, v in flat.items() if not k.startswith("compare.")}  # the runner's block, not the recipe
+    config = json.load(f)
+  config.pop("compare", None)
+  return config
 
 
 def _float(value: str) -> float | None:
@@ -71,7 +73,7 @@ def _float(value: str) -> float | None:
 
 
 def load_recipe(workdir: str, model: str) -> dict[str, Any]:
-  """One recipe: its flattened config and, per seed, the validation and test figures of `model`."""
+  """One recipe: its config JSON and, per seed, the validation and test figures of `model`."""
   rows = _read_runs(workdir)
   runs = [r for r in rows if r["model"] == model]
   if not runs:
@@ -99,9 +101,8 @@ def _format_value(value: Any) -> str:
 
 def differences(reference: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
   """`field=value` for every config field where `config` differs from `reference`, sorted by field."""
-  absent = object()
-  fields = sorted(k for k in set(reference) | set(config) if reference.get(k, absent) != config.get(k, absent))
-  return [f"{k}={_format_value(config.get(k, '(unset)'))}" for k in fields]
+  values = compare.flatten(config)
+  return [f"{k}={_format_value(values.get(k, '(unset)'))}" for k in compare.config_differences(reference, config)]
 
 
 def check_comparable(recipes: Sequence[Mapping[str, Any]]) -> None:
@@ -112,13 +113,15 @@ def check_comparable(recipes: Sequence[Mapping[str, Any]]) -> None:
         f"{reference['workdir']} chose its checkpoints on the {reference['config'].get('eval_split')!r} split: "
         "recipes are compared on the validation split only (choosing by test figures leaks the test set). "
         "Train with --config.eval_split=validation.")
+  reference_values = compare.flatten(reference["config"])
   for recipe in recipes[1:]:
-    for field in differences(reference["config"], recipe["config"]):
-      name = field.split("=", 1)[0]
-      if _must_share(name):
+    values = compare.flatten(recipe["config"])
+    for field in compare.config_differences(reference["config"], recipe["config"]):
+      if _must_share(field):
         raise ValueError(
-            f"{recipe['workdir']} differs from the reference {reference['workdir']} in {field} (reference: "
-            f"{_format_value(reference['config'].get(name, '(unset)'))}): recipes compared on the validation "
+            f"{recipe['workdir']} differs from the reference {reference['workdir']} in "
+            f"{field}={_format_value(values.get(field, '(unset)'))} (reference: "
+            f"{_format_value(reference_values.get(field, '(unset)'))}): recipes compared on the validation "
             "split must share the dataset, classes, seed and eval_split. Train it again with the reference's value.")
 
 
@@ -156,14 +159,7 @@ def summarize(recipes: Sequence[Mapping[str, Any]], metric: str) -> list[dict[st
 
 def _foreground_name(config: Mapping[str, Any]) -> str:
   from veinjax.data import sources  # pylint: disable=g-import-not-at-top  # TensorFlow only when needed
-  nested = {}
-  for field, value in config.items():  # back from dotted fields to the nested config sources reads
-    node = nested
-    *parents, leaf = field.split(".")
-    for parent in parents:
-      node = node.setdefault(parent, {})
-    node[leaf] = value
-  return sources.foreground_name(ml_collections.ConfigDict(nested))
+  return sources.foreground_name(ml_collections.ConfigDict(config))
 
 
 _METRIC_TITLES = {"dice": "{fg} Dice", "iou": "{fg} IoU", "miou": "mIoU"}
@@ -180,7 +176,7 @@ def table_markdown(rows: Sequence[Mapping[str, Any]], recipes: Sequence[Mapping[
             f"Test {fg} IoU", f"Test {fg} Dice", "Train min / seed"]
   other_val = "val_iou" if metric != "iou" else "val_dice"
   lines = [f"## Recipes: {compare.display_name(model, str(config.get('encoder', '')))} on "
-           f"{config.get('dataset.name')}, chosen by validation {chosen_by}", "",
+           f"{config['dataset']['name']}, chosen by validation {chosen_by}", "",
            "| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
   for r in rows:
     n = r["num_seeds"]
