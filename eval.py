@@ -1,4 +1,4 @@
-"""Evaluates a trained checkpoint: flags -> config -> `veinjax.train_lib.evaluate`.
+"""Evaluates a trained checkpoint: flags -> config -> `veinjax.evaluation.evaluate`.
 
   python eval.py --workdir=runs/quickstart [--config=configs/quickstart.py] [--checkpoint=best|latest|PATH]
       [--split=test] [--save_predictions]
@@ -16,16 +16,16 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from ml_collections import config_flags
 
-from veinjax import checkpoint as checkpoint_lib
-from veinjax import summary
-from veinjax import train_lib
+from veinjax import cli
+from veinjax import evaluation
+from veinjax import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The train.py workdir.")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Configuration file (configs/*.py); default: the run's WORKDIR/config.json.",
     lock_config=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best, latest, or a checkpoint directory.")
-_SPLIT = flags.DEFINE_enum("split", "test", list(train_lib.SPLITS), "The split to evaluate.")
+_SPLIT = flags.DEFINE_enum("split", "test", list(evaluation.SPLITS), "The split to evaluate.")
 _SAVE_PREDICTIONS = flags.DEFINE_bool("save_predictions", False,
                                       "Also write input | label | prediction PNGs to WORKDIR/eval/<split>_predictions.")
 flags.mark_flag_as_required("workdir")
@@ -34,11 +34,11 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  summary.quiet_library_logs(__file__)
-  config = _CONFIG.value if _CONFIG.value is not None else train_lib.load_config(_WORKDIR.value)
-  metrics = train_lib.evaluate(config, _WORKDIR.value, checkpoint=_CHECKPOINT.value, split=_SPLIT.value,
+  cli.quiet_library_logs(__file__)
+  config = _CONFIG.value if _CONFIG.value is not None else workdir_lib.load_config(_WORKDIR.value)
+  metrics = evaluation.evaluate(config, _WORKDIR.value, checkpoint=_CHECKPOINT.value, split=_SPLIT.value,
                                save_predictions=_SAVE_PREDICTIONS.value)
-  print(json.dumps(checkpoint_lib.to_jsonable(metrics), sort_keys=True, allow_nan=False), flush=True)
+  print(json.dumps(workdir_lib.to_jsonable(metrics), sort_keys=True, allow_nan=False), flush=True)
 
 
 if __name__ == "__main__":

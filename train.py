@@ -15,7 +15,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from veinjax import summary
+from veinjax import cli
 from veinjax import train_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and history.jsonl.")
@@ -27,7 +27,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  summary.quiet_library_logs(__file__)
+  cli.quiet_library_logs(__file__)
   result = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   logging.info("Done: step %d, best %s %.4f at step %s. Evaluate on the test split with: "
                "python eval.py --workdir=%s", result["step"], result["best_metric"],

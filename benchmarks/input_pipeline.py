@@ -18,7 +18,6 @@ runs on the machine: 1000 / that = images per second per core the pipeline has t
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 
@@ -26,15 +25,12 @@ from absl import app
 from absl import flags
 import numpy as np
 
-# `python benchmarks/input_pipeline.py` as well as `python -m benchmarks.input_pipeline`.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-  sys.path.insert(0, _ROOT)
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout, for configs/default.py
 
-from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ml_collections import config_flags
+import tensorflow as tf
 
-from veinjax.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from veinjax.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(_ROOT, "configs", "default.py"),
                                           "Run config; its image_size, batch_size and augment are used.")

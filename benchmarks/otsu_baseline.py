@@ -20,16 +20,12 @@ IoU is reported both over the whole split (intersections and unions summed over 
 training metrics do) and as the mean of per-image IoUs.
 """
 
-import sys
 import time
-from pathlib import Path
 
 from absl import app
 from absl import flags
 import numpy as np
 from scipy import ndimage
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from veinjax.data import phantom  # pylint: disable=g-import-not-at-top
 

@@ -15,22 +15,18 @@ from __future__ import annotations
 import functools
 import os
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 
 from absl import app
 from absl import flags
 
-# Runnable as a script from anywhere in the checkout.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import optax
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-
-from veinjax import models  # noqa: E402
-from veinjax.models import layers  # noqa: E402
+from veinjax import models
+from veinjax.models import layers
 
 _CASES = flags.DEFINE_list("cases", ["fcn8s:128", "deeplabv3plus:128", "resnet34_unet:64", "resnet34_unet:128"],
                            "model:size pairs to time.")

@@ -8,7 +8,10 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_config
+from veinjax import timing
+from veinjax import workdir as workdir_lib
 from veinjax.experiments import compare
+from veinjax.experiments import tables
 
 # The two models that take a small encoder (ResNet18): the fastest pair to train on a CPU.
 _MODELS = ("resnet34_unet", "deeplabv3plus")
@@ -89,7 +92,7 @@ def test_table_has_one_row_per_model_with_the_papers_columns(comparison):
   assert any(t.startswith("ms / frame") for t in titles)
   body = [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| Model")]
   assert [line.split("|")[1].strip() for line in body] == ["ResNet18-UNet", "DeepLab v3+ (ResNet18)"]
-  assert compare.device_description() in markdown
+  assert timing.device_description() in markdown
 
 
 def test_runs_table_holds_the_validation_figures_that_chose_each_checkpoint(comparison):
@@ -97,7 +100,7 @@ def test_runs_table_holds_the_validation_figures_that_chose_each_checkpoint(comp
   runs = _read_csv(workdir, "table1_runs.csv")
   assert [r["model"] for r in runs] == list(_MODELS)
   for run in runs:
-    history = compare.train_lib.read_history(compare.run_workdir(workdir, run["model"], 0))
+    history = workdir_lib.read_history(compare.run_workdir(workdir, run["model"], 0))
     assert history and history[-1]["eval_split"] == "validation"
     assert float(run["selected_miou"]) == pytest.approx(max(r["miou"] for r in history))
     assert int(run["selected_epoch"]) in [r["epoch"] for r in history]
@@ -125,7 +128,7 @@ def test_selection_metrics_take_the_first_best_evaluation(tmp_path):
              {"epoch": 2, "eval_split": "validation", "miou": 0.8, "iou": 0.6, "dice": 0.7},
              {"epoch": 3, "eval_split": "validation", "miou": 0.8, "iou": 0.5, "dice": 0.9},  # a tie: not kept
              {"epoch": 4, "eval_split": "validation", "miou": 0.7, "iou": 0.9, "dice": 0.95}]
-  with open(tmp_path / compare.train_lib.HISTORY_FILE, "w") as f:
+  with open(tmp_path / workdir_lib.HISTORY_FILE, "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in history)
   selected = compare.selection_metrics(str(tmp_path), "miou")
   assert (selected["epoch"], selected["iou"], selected["dice"]) == (2, 0.6, 0.7)
@@ -178,9 +181,9 @@ def test_unknown_model_is_a_clear_error(tmp_path, phantom_data_dir):
 
 
 def test_display_names_follow_the_encoder():
-  assert compare.display_name("resnet34_unet", "resnet34") == "ResNet34-UNet"
-  assert compare.display_name("resnet34_unet", "resnet50") == "ResNet50-UNet"
-  assert compare.display_name("fcn8s", "resnet18") == "FCN-8s"  # fcn8s has its own VGG16 encoder
+  assert tables.display_name("resnet34_unet", "resnet34") == "ResNet34-UNet"
+  assert tables.display_name("resnet34_unet", "resnet50") == "ResNet50-UNet"
+  assert tables.display_name("fcn8s", "resnet18") == "FCN-8s"  # fcn8s has its own VGG16 encoder
 
 
 def test_several_seeds_give_mean_and_sample_std(phantom_data_dir):
@@ -191,7 +194,7 @@ def test_several_seeds_give_mean_and_sample_std(phantom_data_dir):
   records.append({"model": "unet", "seed": 0, "train_seconds": 30.0,
                   "metrics": {"iou": 0.5, "dice": 0.6, "acc": 0.9, "miou": 0.7, "hd95": 3.0}})
   profiles = {"resnet34_unet": {"params": 24_000_000, "gflops": 80.0, "inference_ms": 5.0}}
-  rows = compare.summarize(records, profiles, ["resnet34_unet", "unet"], "resnet34")
+  rows = compare.table_rows(records, profiles, ["resnet34_unet", "unet"], "resnet34")
   first, unet = rows
   assert first["num_seeds"] == 3
   assert first["iou_mean"] == pytest.approx(0.80)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import veinjax
-from veinjax import train_lib
+from veinjax import config_checks
 
 from conftest import ROOT, load_config
 
@@ -22,7 +22,7 @@ def test_version():
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_every_config_loads_and_validates(name):
   config = load_config(name)
-  train_lib.validate_config(config)
+  config_checks.validate_config(config)
   assert config.image_size % 32 == 0
 
 

@@ -70,3 +70,14 @@ def override(config, **overrides):
 def phantom_data_dir(tmp_path_factory):
   """One TFDS data_dir for the whole session, so the tiny phantom is generated once."""
   return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, phantom_data_dir):
+  """A finished uninterrupted tiny run (2 epochs x 4 steps, mid-epoch checkpoints every 3 steps):
+  (config, workdir, train_and_evaluate's result). Shared by the training, evaluation and inference tests."""
+  from veinjax import train_lib  # pylint: disable=g-import-not-at-top
+  config = tiny_config(phantom_data_dir, checkpoint_every_steps=3)
+  workdir = str(tmp_path_factory.mktemp("run"))
+  result = train_lib.train_and_evaluate(config, workdir)
+  return config, workdir, result

@@ -20,7 +20,7 @@ import pytest
 
 from veinjax import losses
 from veinjax import parallel
-from veinjax import train_lib
+from veinjax import steps
 
 NUM_DEVICES = 4
 STEPS = 3
@@ -55,12 +55,12 @@ def _run(mode, devices, batches, eval_batch):
   model = TinySegmenter(bn_axis_name=par.axis_name)
   variables = TinySegmenter().init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
   lr_fn = optax.constant_schedule(0.05)
-  state = train_lib.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optax.adam(lr_fn),
+  state = steps.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optax.adam(lr_fn),
                                       batch_stats=variables["batch_stats"])
   loss_fn = losses.get_loss_fn("bce", 1)
-  step = par.wrap_train_step(functools.partial(train_lib.train_step, loss_fn=loss_fn, learning_rate_fn=lr_fn,
+  step = par.wrap_train_step(functools.partial(steps.train_step, loss_fn=loss_fn, learning_rate_fn=lr_fn,
                                                num_classes=1))
-  evaluate = par.wrap_eval_step(functools.partial(train_lib.eval_step, apply_fn=model.apply, loss_fn=loss_fn,
+  evaluate = par.wrap_eval_step(functools.partial(steps.eval_step, apply_fn=model.apply, loss_fn=loss_fn,
                                                   num_classes=1))
   state = par.replicate(state)
   losses_seen, confusions = [], []

@@ -1,6 +1,6 @@
 """veinjax.train_lib end to end on a tiny phantom: train, evaluate, resume, NaN guard, wrong checkpoint.
 
-One 2-epoch run of a 32x32 ResNet18-UNet (the `trained` fixture) is shared by most tests; the steps compile
+One 2-epoch run of a 32x32 ResNet18-UNet (the `trained` fixture of conftest.py) is shared by most tests; the steps compile
 once per session thanks to the compilation cache set up in conftest.py.
 """
 
@@ -16,26 +16,21 @@ import pytest
 from conftest import tiny_config
 
 from veinjax import checkpoint
+from veinjax import evaluation
+from veinjax import inference
 from veinjax import losses
+from veinjax import steps
 from veinjax import train_lib
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, phantom_data_dir):
-  """A finished uninterrupted run: 2 epochs x 4 steps, mid-epoch checkpoints every 3 steps."""
-  config = tiny_config(phantom_data_dir, checkpoint_every_steps=3)
-  workdir = str(tmp_path_factory.mktemp("run"))
-  result = train_lib.train_and_evaluate(config, workdir)
-  return config, workdir, result
+from veinjax import workdir as workdir_lib
 
 
 def _host_params(workdir, which="latest"):
-  config = train_lib.load_config(workdir)
-  model = train_lib.create_model(config)
-  target = jax.eval_shape(lambda: train_lib.init_variables(model, config, jax.random.key(0)))
+  config = workdir_lib.load_config(workdir)
+  model = steps.create_model(config)
+  target = jax.eval_shape(lambda: steps.init_variables(model, config, jax.random.key(0)))
   tree, _, meta = checkpoint.restore_path(os.path.join(workdir, checkpoint.LATEST_DIR if which == "latest"
                                                        else checkpoint.BEST_DIR), target,
-                                          train_lib.fingerprint(config))
+                                          steps.fingerprint(config))
   return tree, meta
 
 
@@ -43,9 +38,9 @@ def test_training_writes_config_history_summaries_checkpoints(trained):
   config, workdir, result = trained
   assert result["step"] == 8 and result["epoch"] == 2
   assert result["best_metric"] == "miou" and 0 <= result["best_value"] <= 1
-  saved = train_lib.load_config(workdir)
+  saved = workdir_lib.load_config(workdir)
   assert saved.model == config.model and saved.encoder == "resnet18" and saved.image_size == 32
-  history = train_lib.read_history(workdir)
+  history = workdir_lib.read_history(workdir)
   assert [(r["epoch"], r["step"]) for r in history] == [(1, 4), (2, 8)]
   for record in history:
     for key in ("train_loss", "val_loss", "acc", "miou", "iou", "dice", "learning_rate", "images_per_sec"):
@@ -73,7 +68,7 @@ def test_training_writes_config_history_summaries_checkpoints(trained):
 
 def test_evaluate_writes_metrics_and_is_batch_size_independent(trained):
   config, workdir, _ = trained
-  metrics = train_lib.evaluate(config, workdir, checkpoint="best", split="test", save_predictions=True)
+  metrics = evaluation.evaluate(config, workdir, checkpoint="best", split="test", save_predictions=True)
   with open(os.path.join(workdir, "eval", "test_metrics.json")) as f:
     assert json.load(f)["miou"] == metrics["miou"]
   for key in ("acc", "miou", "iou", "dice", "precision", "recall", "specificity", "hd95", "loss"):
@@ -86,7 +81,7 @@ def test_evaluate_writes_metrics_and_is_batch_size_independent(trained):
   # 4 test examples in batches of 3: the second batch is padded, and nothing changes.
   other = config.copy_and_resolve_references()
   other.eval_batch_size = 3
-  padded = train_lib.evaluate(other, workdir, checkpoint="best", split="test")
+  padded = evaluation.evaluate(other, workdir, checkpoint="best", split="test")
   for key in ("acc", "miou", "iou", "dice", "hd95", "num_examples"):
     assert padded[key] == metrics[key], key
   assert padded["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
@@ -94,10 +89,10 @@ def test_evaluate_writes_metrics_and_is_batch_size_independent(trained):
 
 def test_load_for_inference_matches_evaluation(trained):
   config, workdir, _ = trained
-  model, variables, loaded = train_lib.load_for_inference(workdir, checkpoint="latest")
+  model, variables, loaded = inference.load_for_inference(workdir, checkpoint="latest")
   assert loaded.model == config.model
   images = np.random.default_rng(0).uniform(size=(2, 32, 32, 1)).astype(np.float32)
-  logits = jax.jit(lambda v, x: train_lib.predict_logits(model, v, x))(variables, images)
+  logits = jax.jit(lambda v, x: steps.predict_logits(model, v, x))(variables, images)
   assert logits.shape == (2, 32, 32, 1) and logits.dtype == jnp.float32
   assert np.all(np.isfinite(logits))
   tree, _ = _host_params(workdir, "latest")
@@ -141,7 +136,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(trained, tmp_path, m
   # Killed during epoch 2 (steps 5..8) after step 7; the last checkpoint is the mid-epoch one of step 6.
   _, meta = _host_params(workdir)
   assert (meta["step"], meta["epoch"], meta["step_in_epoch"]) == (6, 1, 2)
-  assert [r["step"] for r in train_lib.read_history(workdir)] == [4]
+  assert [r["step"] for r in workdir_lib.read_history(workdir)] == [4]
   result = train_lib.train_and_evaluate(config, workdir)
   assert result["step"] == 8
   resumed, _ = _host_params(workdir)
@@ -150,7 +145,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(trained, tmp_path, m
   # The history (incl. the epoch's mean training loss, carried across the interruption) is the same too.
   drop = ("images_per_sec", "train_seconds", "eval_seconds")
   clean = lambda rs: [{k: v for k, v in r.items() if k not in drop} for r in rs]  # noqa: E731
-  assert clean(train_lib.read_history(workdir)) == clean(train_lib.read_history(straight_dir))
+  assert clean(workdir_lib.read_history(workdir)) == clean(workdir_lib.read_history(straight_dir))
   # A finished run started again does nothing and reports the same.
   again = train_lib.train_and_evaluate(config, workdir)
   assert again["step"] == 8 and again["best_value"] == result["best_value"]
@@ -180,16 +175,16 @@ def test_checkpoint_of_another_model_fails_clearly(trained, tmp_path):
   other.model = "fcn8s"
   other.encoder = "resnet34"
   with pytest.raises(checkpoint.CheckpointMismatchError, match="model: checkpoint 'resnet34_unet', config 'fcn8s'"):
-    train_lib.evaluate(other, workdir)
+    evaluation.evaluate(other, workdir)
   copy = str(tmp_path / "copy")
   shutil.copytree(workdir, copy)
   with pytest.raises(checkpoint.CheckpointMismatchError, match="fcn8s"):
     train_lib.train_and_evaluate(other, copy)
-  assert train_lib.load_config(copy).model == "resnet34_unet"  # the run's record was not overwritten
+  assert workdir_lib.load_config(copy).model == "resnet34_unet"  # the run's record was not overwritten
   wider = config.copy_and_resolve_references()
   wider.encoder = "resnet34"  # same model name, other encoder
   with pytest.raises(checkpoint.CheckpointMismatchError, match="encoder: checkpoint 'resnet18', config 'resnet34'"):
-    train_lib.evaluate(wider, workdir, checkpoint=os.path.join(workdir, "checkpoints"))
+    evaluation.evaluate(wider, workdir, checkpoint=os.path.join(workdir, "checkpoints"))
 
 
 @pytest.mark.parametrize("field,value,expected", [
@@ -211,7 +206,7 @@ def test_bad_config_names_the_flag_and_the_choices(phantom_data_dir, field, valu
 def test_bad_split_for_evaluate(trained):
   config, workdir, _ = trained
   with pytest.raises(ValueError, match="--split='val'.*train, validation, test"):
-    train_lib.evaluate(config, workdir, split="val")
+    evaluation.evaluate(config, workdir, split="val")
 
 
 def test_half_precision_computes_in_bf16_with_float32_params_and_loss(phantom_data_dir):
@@ -219,13 +214,13 @@ def test_half_precision_computes_in_bf16_with_float32_params_and_loss(phantom_da
   batch = {"image": rng.uniform(size=(2, 32, 32, 1)).astype(np.float32),
            "label": (rng.uniform(size=(2, 32, 32)) > 0.7).astype(np.int32)}
   config = tiny_config(phantom_data_dir, half_precision=True)
-  model = train_lib.create_model(config)
-  full = train_lib.create_model(tiny_config(phantom_data_dir))
+  model = steps.create_model(config)
+  full = steps.create_model(tiny_config(phantom_data_dir))
   assert model.dtype == jnp.bfloat16 and full.dtype == jnp.float32
-  lr_fn = train_lib.create_learning_rate_fn(config, steps_per_epoch=4)
+  lr_fn = steps.create_learning_rate_fn(config, steps_per_epoch=4)
   # Initialised through the float32 model (the parameters are the same; its init is compiled already).
-  state = train_lib.create_train_state(config, full, lr_fn).replace(apply_fn=model.apply)
-  step = jax.jit(lambda s, b: train_lib.train_step(s, b, loss_fn=losses.get_loss_fn("bce", 1),
+  state = steps.create_train_state(config, full, lr_fn).replace(apply_fn=model.apply)
+  step = jax.jit(lambda s, b: steps.train_step(s, b, loss_fn=losses.get_loss_fn("bce", 1),
                                                    learning_rate_fn=lr_fn, num_classes=1))
   new_state, metrics = step(state, batch)
   assert metrics["loss"].dtype == jnp.float32 and np.isfinite(metrics["loss"])
@@ -236,7 +231,7 @@ def test_half_precision_computes_in_bf16_with_float32_params_and_loss(phantom_da
   # Same float32 parameters through the float32 model: float32 logits from both, close but not equal
   # (the bf16 model rounds its computation).
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  half_logits, full_logits = (jax.jit(lambda v, x, m=m: train_lib.predict_logits(m, v, x))(variables, batch["image"])
+  half_logits, full_logits = (jax.jit(lambda v, x, m=m: steps.predict_logits(m, v, x))(variables, batch["image"])
                               for m in (model, full))
   assert half_logits.dtype == full_logits.dtype == jnp.float32
   scale = float(jnp.abs(full_logits).max())
@@ -245,7 +240,7 @@ def test_half_precision_computes_in_bf16_with_float32_params_and_loss(phantom_da
 
 def test_learning_rate_schedules(phantom_data_dir):
   config = tiny_config(phantom_data_dir, lr_schedule="cosine", warmup_epochs=1.0, num_epochs=3)
-  lr = train_lib.create_learning_rate_fn(config, steps_per_epoch=10)
+  lr = steps.create_learning_rate_fn(config, steps_per_epoch=10)
   assert float(lr(0)) == 0.0 and float(lr(10)) == pytest.approx(config.learning_rate)
   assert float(lr(30)) == pytest.approx(0.0, abs=1e-9)
   assert float(lr(20)) == pytest.approx(config.learning_rate / 2, rel=1e-3)

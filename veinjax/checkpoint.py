@@ -11,9 +11,11 @@ Each checkpoint holds three orbax items:
 - `opt`: {'opt_state', 'step'}: what resuming training needs besides the model.
 - `meta`: JSON: global step, data-iterator position (epoch, step in epoch, steps per epoch), the running
   training statistics of a partly done epoch, the evaluation metrics, and the fingerprint (model, encoder,
-  classes, channels, optimizer) plus every parameter shape. Before any array is read, the fingerprint and the
+  classes, channels) plus every parameter shape. Before any array is read, the fingerprint and the
   shapes are compared with what the caller expects, so a checkpoint of another model or config fails with an
-  error naming the difference instead of a shape crash deep inside orbax.
+  error naming the difference instead of a shape crash deep inside orbax. The optimizer is not in the
+  fingerprint: restoring `opt` into another optimizer's state structure fails with an error naming the
+  optimizer fields.
 
 Arrays are saved as host numpy arrays (the caller passes one unreplicated copy of the state): orbax writes
 replicated numpy arrays from the primary process only, and every process restores them from the shared
@@ -32,6 +34,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from veinjax.workdir import to_jsonable
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "checkpoints_best"
@@ -70,25 +74,6 @@ def first_non_finite(tree: PyTree) -> str | None:
     if np.issubdtype(leaf.dtype, np.inexact) and not np.all(np.isfinite(leaf)):
       return _path_str(path)
   return None
-
-
-def to_jsonable(value):
-  """Metrics (numpy scalars and arrays) as plain, strict JSON values.
-
-  An undefined metric (NaN, e.g. HD95 of a split without veins) or an infinite one becomes null: Python's
-  json would write the bare token NaN, which strict JSON readers reject.
-  """
-  if isinstance(value, Mapping):
-    return {str(k): to_jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [to_jsonable(v) for v in value]
-  if isinstance(value, (np.ndarray, jax.Array)):
-    return to_jsonable(np.asarray(value).tolist())
-  if isinstance(value, np.generic):
-    value = value.item()
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
 
 
 def check_compatible(meta: Mapping[str, Any], fingerprint: Mapping[str, Any],
@@ -252,12 +237,6 @@ class Checkpoints:
 
   # ---- Restore ----
 
-  def read_meta(self, which: str = "latest") -> dict | None:
-    """The `meta` item of the 'latest' or 'best' checkpoint, or None when there is none."""
-    manager = self._manager(which)
-    step = manager.latest_step()
-    return None if step is None else self._read_meta(manager, step)
-
   def restore(self, which: str, model_target: PyTree, opt_target: PyTree | None,
               fingerprint: Mapping[str, Any]) -> tuple[PyTree, PyTree | None, dict]:
     """Restores the 'latest' or 'best' checkpoint after checking that it fits.
@@ -298,6 +277,17 @@ def _restore(restore_fn, where: str, model_target, opt_target, fingerprint):
   opt = _to_numpy(restored["opt"]) if opt_target is not None else None
   meta["path"] = where
   return _to_numpy(restored["model"]), opt, meta
+
+
+def resolve(workdir: str, checkpoint: str) -> str:
+  """The directory of a run's 'best' or 'latest' checkpoints, or `checkpoint` itself when it is a path."""
+  if checkpoint not in CHECKPOINT_CHOICES:
+    return checkpoint
+  path = os.path.join(workdir, BEST_DIR if checkpoint == "best" else LATEST_DIR)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"No {checkpoint} checkpoint: {path} does not exist; train first (train.py) or pass "
+                            "--checkpoint=PATH.")
+  return path
 
 
 def restore_path(path: str, model_target: PyTree, fingerprint: Mapping[str, Any],

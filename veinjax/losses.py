@@ -31,6 +31,9 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
+
+from veinjax import metrics as metrics_lib
 
 LOSS_NAMES = ("bce", "dice", "bce_dice", "focal")
 
@@ -71,11 +74,10 @@ def _binary_terms(logits, labels):
 def _cross_entropy(logits, labels, num_classes: int) -> jax.Array:
   """Per-pixel cross-entropy [N, H, W]: sigmoid BCE for one logit, softmax CE otherwise."""
   if num_classes == 1:
-    x, t = _binary_terms(logits, labels)
-    # -(t log s(x) + (1 - t) log s(-x)), with log-sigmoid so large |x| neither overflows nor gives log(0).
-    return -(t * jax.nn.log_sigmoid(x) + (1.0 - t) * jax.nn.log_sigmoid(-x))
-  log_p = jax.nn.log_softmax(logits, axis=-1)
-  return -jnp.take_along_axis(log_p, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    # optax computes -(t log s(x) + (1 - t) log s(-x)) with log-sigmoid: large |x| neither overflows nor
+    # gives log(0).
+    return optax.sigmoid_binary_cross_entropy(*_binary_terms(logits, labels))
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32))
 
 
 def _focal(logits, labels, num_classes: int) -> jax.Array:
@@ -109,9 +111,7 @@ def get_loss_fn(name: str, num_classes: int) -> LossFn:
   """Returns `loss_fn(logits, labels, weights) -> float32 scalar` for `config.loss` = `name`."""
   if name not in LOSS_NAMES:
     raise ValueError(f"Unknown loss {name!r} (--config.loss); choose one of {', '.join(LOSS_NAMES)}.")
-  if not isinstance(num_classes, int) or num_classes < 1:
-    raise ValueError(
-        f"--config.num_classes must be an integer >= 1 (1 = one sigmoid logit); got {num_classes!r}.")
+  metrics_lib.num_labels_for_classes(num_classes)  # validates num_classes
 
   def loss_fn(logits, labels, weights):
     logits = jnp.asarray(logits).astype(jnp.float32)

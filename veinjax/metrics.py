@@ -26,10 +26,22 @@ import numpy as np
 from scipy import ndimage
 
 
+# The scalar metrics of an evaluation (`MetricsAccumulator.result` plus the split's "loss"), each a valid
+# --config.best_metric.
+SCALAR_METRICS = ("acc", "miou", "iou", "dice", "precision", "recall", "specificity", "hd95", "loss")
+
+
+def check_metric_name(name: str, flag: str = "--config.best_metric") -> None:
+  if name not in SCALAR_METRICS:
+    raise ValueError(f"Unknown {flag}={name!r}; choose one of {', '.join(sorted(SCALAR_METRICS))} "
+                     "(higher is better).")
+
+
 def num_labels_for_classes(num_classes: int) -> int:
   """Confusion-matrix size for a model with `num_classes` outputs: one logit means background + foreground."""
-  if num_classes < 1:
-    raise ValueError(f"--config.num_classes must be >= 1; got {num_classes}.")
+  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+    raise ValueError(f"--config.num_classes must be an integer >= 1 (1 = one sigmoid 'vein' logit); "
+                     f"got {num_classes!r}.")
   return max(int(num_classes), 2)
 
 

@@ -36,6 +36,11 @@ PARALLELISM = ("pmap", "jit")
 PyTree = Any
 
 
+def check_mode(mode: str) -> None:
+  if mode not in PARALLELISM:
+    raise ValueError(f"Unknown --config.parallelism={mode!r}; choose one of {', '.join(PARALLELISM)}.")
+
+
 class DataParallel:
   """How one training run spreads over devices (see the module docstring).
 
@@ -45,8 +50,7 @@ class DataParallel:
   """
 
   def __init__(self, mode: str, devices: Sequence[jax.Device] | None = None):
-    if mode not in PARALLELISM:
-      raise ValueError(f"Unknown --config.parallelism={mode!r}; choose one of {', '.join(PARALLELISM)}.")
+    check_mode(mode)
     self.mode = mode
     self._explicit_devices = devices is not None
     self.devices = list(devices) if devices is not None else list(jax.devices())

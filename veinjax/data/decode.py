@@ -51,7 +51,11 @@ def _scale_16bit(array: np.ndarray) -> np.ndarray:
 
 def read_image(path: PathLike) -> np.ndarray:
   """Reads an image file as uint8 [H, W, 1] (grayscale) or [H, W, 3] (colour)."""
-  image = _open(path, "image")
+  return image_to_array(_open(path, "image"), path)
+
+
+def image_to_array(image: Image.Image, path: PathLike) -> np.ndarray:
+  """A decoded Pillow image (a file, or one page of a multi-frame TIFF/GIF) -> uint8 [H, W, 1 or 3]."""
   mode = image.mode
   if mode in ("1", "L"):
     array = np.asarray(image.convert("L"))
@@ -100,4 +104,29 @@ def read_mask(path: PathLike) -> np.ndarray:
     raise BadExampleError(
         f"mask file {path} has an unsupported pixel mode {mode!r}; save it as an 8- or 16-bit grayscale "
         f"or palette PNG.")
+  return np.ascontiguousarray(array)
+
+
+def frame_to_uint8(frame: np.ndarray, what: str = "frame") -> np.ndarray:
+  """An in-memory frame -> uint8 [H, W, 1] or [H, W, 3], as `read_image` turns a file into one.
+
+  Grayscale [H, W] or [H, W, 1], gray + alpha [H, W, 2] (alpha dropped), RGB [H, W, 3], RGBA [H, W, 4]
+  (alpha dropped); uint8 as it is, uint16 scaled linearly to 8 bits (65535 -> 255) as 16-bit files are.
+  Anything else is a `BadExampleError` naming `what` and the fix.
+  """
+  array = np.asarray(frame)
+  if array.dtype == np.uint16:
+    array = _scale_16bit(array)
+  elif array.dtype != np.uint8:
+    raise BadExampleError(f"{what} has dtype {array.dtype}; give uint8 (or 16-bit uint16) pixel values, e.g. "
+                          "as read from an image file (float images: scale to 0..255 and cast to uint8).")
+  if array.ndim == 2:
+    array = array[:, :, None]
+  if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4) or min(array.shape[:2]) < 1:
+    raise BadExampleError(f"{what} has shape {array.shape}; expected [H, W] gray or [H, W, C] with C = 1 "
+                          "(gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA).")
+  if array.shape[-1] == 2:
+    array = array[:, :, :1]
+  elif array.shape[-1] == 4:
+    array = array[:, :, :3]
   return np.ascontiguousarray(array)

@@ -30,7 +30,8 @@ from veinjax.data import augment
 
 RESIZE_METHODS = ("resize", "letterbox", "crop")
 _AUTOTUNE = tf.data.AUTOTUNE
-# Prepared (resized, in-memory) shards kept across calls; a few: train, validation and test of one run.
+# Prepared (resized, in-memory) shards of config-loaded splits kept across calls, keyed by the config fields
+# that shape them; a few: train, validation and test of one run. A raw dataset passed in is never cached.
 _MAX_PREPARED = 6
 _PREPARED: "collections.OrderedDict[tuple, _Prepared]" = collections.OrderedDict()
 
@@ -179,7 +180,6 @@ class _Prepared:
   ids: tf.Tensor  # string [m]
   indices: tf.Tensor  # int64 [m]: position in the whole split (seeds augmentation)
   num_total: int  # examples in the whole split, all processes together
-  raw: Any  # keeps a caller's raw dataset alive, so its id() in the cache key stays unique
   # Traced train-example loaders by augment config, reused by every epoch's dataset (see _train_loader).
   loaders: dict = dataclasses.field(default_factory=dict)
 
@@ -253,7 +253,7 @@ def _prepare_uncached(config, raw: tf.data.Dataset, num_total: int, process_inde
   if i != m:
     raise RuntimeError(f"Process {process_index} got {i} examples, expected {m} of {num_total}.")
   return _Prepared(images=tf.constant(images), masks=tf.constant(masks), ids=tf.constant(ids.astype(bytes)),
-                   indices=tf.constant(indices), num_total=num_total, raw=raw)
+                   indices=tf.constant(indices), num_total=num_total)
 
 
 def _prepare(config, split: str, raw: Optional[tf.data.Dataset], process_index: int,
@@ -261,21 +261,19 @@ def _prepare(config, split: str, raw: Optional[tf.data.Dataset], process_index: 
   """This process's shard of `split` at model size, from the in-memory cache when it is there."""
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is outside [0, process_count={process_count}).")
-  shape_key = (split, config.image_size, config.resize_method, config.in_channels, config.num_classes,
-               process_index, process_count)
-  if raw is None:
-    key = ("config", config.seed, config.dataset.to_json_best_effort(sort_keys=True)) + shape_key
-  else:
-    key = ("raw", id(raw)) + shape_key
+  if raw is not None:  # the caller's own dataset: prepared afresh (nothing identifies its contents)
+    num_total = _count(raw)
+    if num_total == 0:
+      raise ValueError(f"The {split!r} split of the given raw dataset is empty.")
+    return _prepare_uncached(config, raw, num_total, process_index, process_count)
+  key = (config.seed, config.dataset.to_json_best_effort(sort_keys=True), split, config.image_size,
+         config.resize_method, config.in_channels, config.num_classes, process_index, process_count)
   if key in _PREPARED:
     _PREPARED.move_to_end(key)
     return _PREPARED[key]
-  if raw is None:
-    from veinjax.data import sources  # pylint: disable=g-import-not-at-top
-    raw = sources.load_raw_split(config, split)
-    num_total = sources.num_examples(config, split)
-  else:
-    num_total = _count(raw)
+  from veinjax.data import sources  # pylint: disable=g-import-not-at-top
+  raw = sources.load_raw_split(config, split)
+  num_total = sources.num_examples(config, split)
   if num_total == 0:
     raise ValueError(f"The {split!r} split of {config.dataset.name!r} is empty.")
   prepared = _prepare_uncached(config, raw, num_total, process_index, process_count)

@@ -19,25 +19,23 @@ Channels: config.in_channels=1 gives 8-bit grayscale (colour converted with the 
 0.299 R + 0.587 G + 0.114 B, rounded, as the paper's grayscale input), 3 gives RGB (grayscale replicated).
 """
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-DATASETS = ("vein_phantom", "folder", "usgra_seg")
-SPLITS = ("train", "validation", "test")
+from veinjax.data import SPLITS
 
 # Salts of the seeded hold-outs, so the test and validation draws are independent of each other.
 _TEST_SALT, _VALIDATION_SALT = 1, 2
 
 
 def _check_config(config, split: str) -> None:
-  name = config.dataset.name
-  if name not in DATASETS:
-    _bad_dataset(config)
+  name = get_source(config).name
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r} for dataset {name!r}; valid splits: {', '.join(SPLITS)}.")
   if config.in_channels not in (1, 3):
@@ -91,23 +89,25 @@ def _carve(config, split: str, base_splits: Dict[str, int]) -> Tuple[str, Option
 # ---- TFDS datasets ----
 
 
-def _tfds_builder(config):
+def _phantom_builder(config):
   # TFDS is imported only when a TFDS dataset is used.
   from veinjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
   ds = config.dataset
-  if ds.name == "vein_phantom":
-    builder = tfds_builders.phantom_builder(ds.data_dir, ds.phantom_size, ds.phantom_num_train,
-                                            ds.phantom_num_test)
-    tfds_builders.prepare(builder)
-  else:
-    builder = tfds_builders.usgra_builder(ds.data_dir, ds.usgra_config)
-    tfds_builders.prepare(builder, manual_dir=ds.root)
+  builder = tfds_builders.phantom_builder(ds.data_dir, ds.phantom_size, ds.phantom_num_train, ds.phantom_num_test)
+  tfds_builders.prepare(builder)
   return builder
 
 
-def _tfds_split(config, split: str):
+def _usgra_builder(config):
   from veinjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
-  builder = _tfds_builder(config)
+  builder = tfds_builders.usgra_builder(config.dataset.data_dir, config.dataset.usgra_config)
+  tfds_builders.prepare(builder, manual_dir=config.dataset.root)
+  return builder
+
+
+def _tfds_split(make_builder, config, split: str):
+  from veinjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+  builder = make_builder(config)
   counts = {name: info.num_examples for name, info in builder.info.splits.items()}
   base, selection = _carve(config, split, counts)
   ds = tfds_builders.read_split(builder, base)
@@ -220,13 +220,78 @@ def to_channels(image: tf.Tensor, in_channels: int) -> tf.Tensor:
   return tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]), lambda: image[..., :3])
 
 
+# ---- The registry: one entry per source ----
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One dataset source. Adding a source is adding one `Source` to `_SOURCES`.
+
+  load: (config, split) -> (tf.data.Dataset of {'image' uint8 [H, W, C], 'mask' [H, W] or [H, W, 1],
+    'id'}, its example count); the split's selection (carving) is the source's job.
+  num_classes: config -> classes including background.
+  foreground_name: config -> what the foreground IoU / Dice measure ("Vein", "Vessel", ...).
+  """
+  name: str
+  load: Callable[..., Tuple[tf.data.Dataset, int]]
+  num_classes: Callable[..., int]
+  foreground_name: Callable[..., str]
+
+
+def _load_folder(config, split: str):
+  examples = _folder_examples(config, split)
+  return _folder_dataset(examples), len(examples)
+
+
+def _folder_classes(config) -> int:
+  from veinjax.data import folder  # pylint: disable=g-import-not-at-top
+  return folder.num_classes(folder.label_spec(config.dataset))
+
+
+def _folder_foreground(config) -> str:
+  labels = [label for label, cls in dict(config.dataset.labelme_labels).items() if cls == 1]
+  if _folder_classes(config) == 2 and len(labels) == 1:  # one named structure, e.g. {"vein": 1}
+    return labels[0].capitalize()
+  return "Foreground"
+
+
+# usgra-seg configs: (classes including background, foreground name). A multi-class dataset reports the mean
+# over its foreground classes, so it is called "Foreground".
+_USGRA_CONFIGS = {"vessel": (2, "Vessel"), "nerve_vessel": (3, "Foreground")}
+
+
+def _usgra_classes(config) -> Tuple[int, str]:
+  if config.dataset.usgra_config not in _USGRA_CONFIGS:
+    raise ValueError(f"--config.dataset.usgra_config={config.dataset.usgra_config!r}; valid: "
+                     f"{', '.join(_USGRA_CONFIGS)}.")
+  return _USGRA_CONFIGS[config.dataset.usgra_config]
+
+
+_SOURCES = {source.name: source for source in (
+    Source("vein_phantom", functools.partial(_tfds_split, _phantom_builder), lambda config: 2,
+           lambda config: "Vein"),
+    Source("folder", _load_folder, _folder_classes, _folder_foreground),
+    Source("usgra_seg", functools.partial(_tfds_split, _usgra_builder), lambda config: _usgra_classes(config)[0],
+           lambda config: _usgra_classes(config)[1]),
+)}
+DATASETS = tuple(_SOURCES)
+
+
+def get_source(config) -> Source:
+  """The registry entry of `config.dataset.name` (a ValueError naming the flag and the valid names)."""
+  if config.dataset.name not in _SOURCES:
+    raise ValueError(f"--config.dataset.name={config.dataset.name!r} is not a dataset; valid: "
+                     f"{', '.join(DATASETS)}.")
+  return _SOURCES[config.dataset.name]
+
+
+# ---- Public API ----
+
+
 def load_raw_split(config, split: str) -> tf.data.Dataset:
   """Raw examples of `split`, in a deterministic order (see the module docstring)."""
   _check_config(config, split)
-  if config.dataset.name == "folder":
-    ds = _folder_dataset(_folder_examples(config, split))
-  else:
-    ds, _ = _tfds_split(config, split)
+  ds, _ = get_source(config).load(config, split)
   in_channels = config.in_channels
 
   def finish(ex):
@@ -242,22 +307,12 @@ def load_raw_split(config, split: str) -> tf.data.Dataset:
 def num_examples(config, split: str) -> int:
   """How many examples load_raw_split(config, split) yields."""
   _check_config(config, split)
-  if config.dataset.name == "folder":
-    return len(_folder_examples(config, split))
-  return _tfds_split(config, split)[1]
+  return get_source(config).load(config, split)[1]
 
 
 def num_classes(config) -> int:
   """Classes including background (2 for binary vein masks; config.num_classes=1 is its one-logit model)."""
-  name = config.dataset.name
-  if name == "vein_phantom":
-    return 2
-  if name == "usgra_seg":
-    return {"vessel": 2, "nerve_vessel": 3}.get(config.dataset.usgra_config) or _bad_usgra(config)
-  if name == "folder":
-    from veinjax.data import folder  # pylint: disable=g-import-not-at-top
-    return folder.num_classes(folder.label_spec(config.dataset))
-  return _bad_dataset(config)
+  return get_source(config).num_classes(config)
 
 
 def foreground_name(config) -> str:
@@ -265,24 +320,4 @@ def foreground_name(config) -> str:
 
   A multi-class dataset reports the mean over its foreground classes, so it is called "Foreground".
   """
-  name = config.dataset.name
-  if name == "vein_phantom":
-    return "Vein"
-  if name == "usgra_seg":
-    return {"vessel": "Vessel", "nerve_vessel": "Foreground"}.get(config.dataset.usgra_config) or _bad_usgra(config)
-  if name == "folder":
-    labels = [label for label, cls in dict(config.dataset.labelme_labels).items() if cls == 1]
-    if num_classes(config) == 2 and len(labels) == 1:  # one named structure, e.g. {"vein": 1}
-      return labels[0].capitalize()
-    return "Foreground"
-  return _bad_dataset(config)
-
-
-def _bad_dataset(config):
-  raise ValueError(f"--config.dataset.name={config.dataset.name!r} is not a dataset; valid: "
-                   f"{', '.join(DATASETS)}.")
-
-
-def _bad_usgra(config):
-  raise ValueError(f"--config.dataset.usgra_config={config.dataset.usgra_config!r}; valid: vessel, "
-                   f"nerve_vessel.")
+  return get_source(config).foreground_name(config)

@@ -27,8 +27,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
-import statistics
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,25 +41,24 @@ from ml_collections import config_flags
 import numpy as np
 
 from veinjax import checkpoint as checkpoint_lib
+from veinjax import cli
+from veinjax import evaluation
+from veinjax import inference
+from veinjax import metrics as metrics_lib
 from veinjax import models as models_lib
-from veinjax import summary
-from veinjax.models import cost
+from veinjax import steps
+from veinjax import timing
 from veinjax import train_lib
+from veinjax import workdir as workdir_lib
 from veinjax.experiments import plots
+from veinjax.experiments import tables
+from veinjax.models import cost
 
 # The paper's Table 1 (Qin et al.), on its own (unreleased) data: model -> (ACC, mIoU).
 PAPER_RESULTS = {
     "resnet34_unet": (0.963, 0.873),
     "deeplabv3plus": (0.911, 0.867),
     "fcn8s": (0.904, 0.716),
-}
-# Names as in the paper; "{encoder}" is filled from config.encoder (e.g. "ResNet18-UNet"), so a row never
-# claims a ResNet34 encoder it did not have.
-_DISPLAY_NAMES = {
-    "resnet34_unet": "{encoder}-UNet",
-    "deeplabv3plus": "DeepLab v3+ ({encoder})",
-    "fcn8s": "FCN-8s",
-    "unet": "U-Net",
 }
 # The paper states model cost per 512x512 image, whatever size a run trains at.
 FLOPS_IMAGE_SIZE = 512
@@ -81,11 +78,6 @@ _METRIC_COLUMNS = (
 # ---------------------------------------------------------------------------------------------------
 # Runs: one sub-workdir per (model, seed), skipped when finished, resumed when interrupted.
 # ---------------------------------------------------------------------------------------------------
-
-
-def display_name(model: str, encoder: str) -> str:
-  """The model's name in the table and figures: ("resnet34_unet", "resnet18") -> "ResNet18-UNet"."""
-  return _DISPLAY_NAMES.get(model, model).format(encoder=encoder.replace("resnet", "ResNet"))
 
 
 def model_names(config: ml_collections.ConfigDict) -> list[str]:
@@ -125,27 +117,9 @@ def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """Nested config JSON as dotted field names: {"augment": {"gamma": 0.3}} -> {"augment.gamma": 0.3}."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat.update(flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
-def config_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-  """The dotted fields (sorted) whose values differ between two config JSONs, or that only one has."""
-  stored, wanted = flatten(stored), flatten(wanted)
-  absent = object()
-  return sorted(k for k in set(stored) | set(wanted) if stored.get(k, absent) != wanted.get(k, absent))
-
-
 def _check_same_config(stored: Mapping[str, Any], wanted: Mapping[str, Any], workdir: str,
                        which: str) -> None:
-  differences = config_differences(stored, wanted)
+  differences = tables.config_differences(stored, wanted)
   if differences:
     raise ValueError(
         f"{workdir} holds {which} run with a different config (fields: {', '.join(differences)}). "
@@ -171,7 +145,7 @@ def train_or_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str
     return dict(record, status="skipped")
   # An interrupted run resumes only into the same recipe: train_and_evaluate itself checks the model and
   # the epoch length, but would silently continue with, e.g., another learning rate.
-  config_file = os.path.join(workdir, train_lib.CONFIG_FILE)
+  config_file = os.path.join(workdir, workdir_lib.CONFIG_FILE)
   if os.path.isdir(os.path.join(workdir, checkpoint_lib.LATEST_DIR)) and os.path.exists(config_file):
     with open(config_file) as f:
       _check_same_config(json.load(f), wanted, workdir, "an interrupted")
@@ -180,7 +154,7 @@ def train_or_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str
                config.model, config.seed, workdir)
   start = time.perf_counter()
   train_lib.train_and_evaluate(config, workdir)
-  metrics = train_lib.evaluate(config, workdir, checkpoint="best", split="test")
+  metrics = evaluation.evaluate(config, workdir, checkpoint="best", split="test")
   record = {
       "model": config.model,
       "seed": int(config.seed),
@@ -189,21 +163,13 @@ def train_or_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str
       # Only this invocation: a resumed run does not count the time before its interruption.
       "train_seconds": time.perf_counter() - start,
   }
-  if jax.process_index() == 0:
-    _write_json(marker, record)
+  workdir_lib.write_json(marker, record)
   return dict(record, status="trained")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Cost of each model: parameters, GFLOPs per 512x512 image, inference latency on this machine.
 # ---------------------------------------------------------------------------------------------------
-
-
-def class_map(logits: jax.Array) -> jax.Array:
-  """Per-pixel class index: a positive logit for one sigmoid output, else the argmax over classes."""
-  if logits.shape[-1] == 1:
-    return (logits[..., 0] > 0).astype(jnp.int32)
-  return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
 class TrainedModel:
@@ -213,10 +179,11 @@ class TrainedModel:
   """
 
   def __init__(self, workdir: str):
-    self.model, variables, self.config = train_lib.load_for_inference(workdir, checkpoint="best")
+    self.model, variables, self.config = inference.load_for_inference(workdir, checkpoint="best")
     self.variables = jax.device_put(variables)
-    model = self.model
-    self._forward = jax.jit(lambda v, x: class_map(train_lib.predict_logits(model, v, x)))
+    model, num_classes = self.model, self.config.num_classes
+    self._forward = jax.jit(
+        lambda v, x: metrics_lib.predictions(steps.predict_logits(model, v, x), num_classes))
 
   def predict(self, images: np.ndarray) -> np.ndarray:
     """Class maps [N, H, W] of model-ready images [N, H, W, C], one frame at a time (batch 1)."""
@@ -233,14 +200,7 @@ class TrainedModel:
       raise ValueError(f"config.compare.timing_runs={runs} must be >= 1.")
     size, channels = self.config.image_size, self.config.in_channels
     frame = jax.random.uniform(jax.random.key(0), (1, size, size, channels), jnp.float32)
-    for _ in range(warmup):  # the first call compiles
-      self._forward(self.variables, frame).block_until_ready()
-    times = []
-    for _ in range(runs):
-      start = time.perf_counter()
-      self._forward(self.variables, frame).block_until_ready()
-      times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+    return timing.median_ms(lambda: self._forward(self.variables, frame), runs, warmup)
 
   def gflops(self) -> float:
     """Forward GFLOPs of one FLOPS_IMAGE_SIZE^2 image (XLA cost analysis, veinjax.models.cost)."""
@@ -254,20 +214,6 @@ class TrainedModel:
         "gflops": self.gflops(),
         "inference_ms": self.inference_ms(timing_runs),
     }
-
-
-def device_description() -> str:
-  """The device inference was timed on, e.g. "NVIDIA H100 80GB HBM3 (gpu)" or "CPU <model>, 2 cores"."""
-  device = jax.devices()[0]
-  if device.platform != "cpu":
-    return f"{device.device_kind} ({device.platform})"
-  cpu = platform.processor() or platform.machine()
-  try:  # Linux names the CPU model here; platform.processor() often says only "x86_64"
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return f"CPU {cpu}, {os.cpu_count()} cores"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -285,7 +231,7 @@ def selection_metrics(workdir: str, best_metric: str) -> dict[str, Any]:
 
   The checkpointer keeps a new best only when it is strictly higher, so ties go to the earliest evaluation.
   """
-  history = train_lib.read_history(workdir)
+  history = workdir_lib.read_history(workdir)
   scored = [r for r in history if r.get(best_metric) is not None]
   if not scored:
     return {}
@@ -294,55 +240,27 @@ def selection_metrics(workdir: str, best_metric: str) -> dict[str, Any]:
           **{key: best.get(key) for key in _SELECTION_KEYS}}
 
 
-def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-  """Mean and sample standard deviation (ddof=1; 0 for one value), ignoring missing / NaN values."""
-  values = [float(v) for v in values if v is not None and np.isfinite(v)]
-  if not values:
-    return None, None
-  std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-  return float(np.mean(values)), std
-
-
-def summarize(records: Sequence[Mapping[str, Any]], profiles: Mapping[str, Mapping[str, Any]],
+def table_rows(records: Sequence[Mapping[str, Any]], profiles: Mapping[str, Mapping[str, Any]],
               models: Sequence[str], encoder: str) -> list[dict[str, Any]]:
   """One row per model: mean and std over seeds of each test metric, plus cost and the paper's values."""
   rows = []
   for model in models:
     runs = [r for r in records if r["model"] == model]
-    row = {"model": model, "name": display_name(model, encoder), "num_seeds": len(runs),
+    row = {"model": model, "name": tables.display_name(model, encoder), "num_seeds": len(runs),
            "seeds": sorted(int(r["seed"]) for r in runs)}
     for key, _ in _METRIC_COLUMNS:
-      row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r["metrics"].get(key) for r in runs])
+      row[f"{key}_mean"], row[f"{key}_std"] = tables.mean_std([r["metrics"].get(key) for r in runs])
     profile = profiles.get(model, {})
     row["params"] = profile.get("params")
     row["gflops_512"] = profile.get("gflops")
     row["inference_ms"] = profile.get("inference_ms")
-    row["train_minutes_mean"], _ = mean_std([r.get("train_seconds", 0.0) / 60.0 for r in runs])
+    row["train_minutes_mean"], _ = tables.mean_std([r.get("train_seconds", 0.0) / 60.0 for r in runs])
     for key in _SELECTION_KEYS:  # on the split that chose the checkpoint (validation unless configured)
-      row[f"selected_{key}_mean"], row[f"selected_{key}_std"] = mean_std(
+      row[f"selected_{key}_mean"], row[f"selected_{key}_std"] = tables.mean_std(
           [r.get("selection", {}).get(key) for r in runs])
     row["paper_acc"], row["paper_miou"] = PAPER_RESULTS.get(model, (None, None))
     rows.append(row)
   return rows
-
-
-def _plural(count: int, noun: str) -> str:
-  return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-  return "—" if value is None else f"{value:.{digits}f}"
-
-
-def format_mean_std(mean: float | None, std: float | None, num_seeds: int, digits: int = 3) -> str:
-  if mean is None:
-    return "—"
-  return f"{mean:.{digits}f} ± {std:.{digits}f}" if num_seeds > 1 else f"{mean:.{digits}f}"
-
-
-def _foreground_name(config: ml_collections.ConfigDict) -> str:
-  from veinjax.data import sources  # pylint: disable=g-import-not-at-top  # TensorFlow only when needed
-  return sources.foreground_name(config)
 
 
 def table_markdown(rows: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict, device: str,
@@ -351,13 +269,13 @@ def table_markdown(rows: Sequence[Mapping[str, Any]], config: ml_collections.Con
   seed_lists = {tuple(r["seeds"]) for r in rows}
   counts = sorted({r["num_seeds"] for r in rows})
   size = config.image_size
-  foreground = _foreground_name(config)
+  foreground = tables.foreground_name(config)
   header = ["Model", "Seeds"] + [title.format(fg=foreground) for _, title in _METRIC_COLUMNS] + [
       "Params (M)", f"GFLOPs ({FLOPS_IMAGE_SIZE}x{FLOPS_IMAGE_SIZE})", f"ms / frame ({size}x{size})¹",
       "Train min / seed³", "Paper ACC²", "Paper mIoU²"]
   lines = [
-      f"## Table 1: {config.dataset.name}, {size}x{size}, {_plural(config.num_epochs, 'epoch')}, "
-      f"{_plural(counts[0], 'seed') if len(counts) == 1 else f'{counts[0]}-{counts[-1]} seeds per model'}",
+      f"## Table 1: {config.dataset.name}, {size}x{size}, {tables.plural(config.num_epochs, 'epoch')}, "
+      f"{tables.plural(counts[0], 'seed') if len(counts) == 1 else f'{counts[0]}-{counts[-1]} seeds per model'}",
       "",
       "| " + " | ".join(header) + " |",
       "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
@@ -366,14 +284,14 @@ def table_markdown(rows: Sequence[Mapping[str, Any]], config: ml_collections.Con
     cells = [r["name"], str(r["num_seeds"])]
     for key, _ in _METRIC_COLUMNS:
       digits = 1 if key == "hd95" else 3
-      cells.append(format_mean_std(r[f"{key}_mean"], r[f"{key}_std"], r["num_seeds"], digits))
+      cells.append(tables.format_mean_std(r[f"{key}_mean"], r[f"{key}_std"], r["num_seeds"], digits))
     cells += [
-        _fmt(None if r["params"] is None else r["params"] / 1e6, 2),
-        _fmt(r["gflops_512"], 1),
-        _fmt(r["inference_ms"], 2),
-        _fmt(r["train_minutes_mean"], 1),
-        _fmt(r["paper_acc"]),
-        _fmt(r["paper_miou"]),
+        tables.format_number(None if r["params"] is None else r["params"] / 1e6, 2),
+        tables.format_number(r["gflops_512"], 1),
+        tables.format_number(r["inference_ms"], 2),
+        tables.format_number(r["train_minutes_mean"], 1),
+        tables.format_number(r["paper_acc"]),
+        tables.format_number(r["paper_miou"]),
     ]
     lines.append("| " + " | ".join(cells) + " |")
   if len(seed_lists) == 1:
@@ -448,11 +366,11 @@ def write_curve_figures(config: ml_collections.ConfigDict, workdir: str,
   """fig3_<model>.png for each model of `seeds` (model -> seed indices): one line per seed."""
   paths = []
   for model, seed_indices in seeds.items():
-    histories = {f"seed {config.seed + k}": train_lib.read_history(run_workdir(workdir, model, k))
+    histories = {f"seed {config.seed + k}": workdir_lib.read_history(run_workdir(workdir, model, k))
                  for k in seed_indices}
     histories = {k: v for k, v in histories.items() if v}
     path = os.path.join(workdir, f"fig3_{model}.png")
-    plots.plot_training_curves(histories, path, title=display_name(model, config.encoder),
+    plots.plot_training_curves(histories, path, title=tables.display_name(model, config.encoder),
                                eval_split=config.eval_split)
     paths.append(path)
   return paths
@@ -490,7 +408,7 @@ def _image_iou(prediction: np.ndarray, label: np.ndarray) -> str:
 def write_prediction_figure(examples: Mapping[str, np.ndarray], predictions: Mapping[str, np.ndarray],
                             config: ml_collections.ConfigDict, workdir: str) -> str:
   """fig5.png: original, label and each model's prediction (model -> class maps), one row per image."""
-  titles = {display_name(m, config.encoder): p for m, p in predictions.items()}
+  titles = {tables.display_name(m, config.encoder): p for m, p in predictions.items()}
   notes = {t: [_image_iou(p, l) for p, l in zip(maps, examples["label"])] for t, maps in titles.items()}
   ids = [i.decode() if isinstance(i, bytes) else str(i) for i in examples["id"]]
   path = os.path.join(workdir, "fig5.png")
@@ -542,7 +460,7 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   result = {"runs": records, "rows": [], "files": {}}
   if jax.process_index() != 0:
     return result
-  _write_json(os.path.join(workdir, "compare_config.json"), _config_json(config))
+  workdir_lib.write_json(os.path.join(workdir, "compare_config.json"), _config_json(config))
   timing_runs = int(config.compare.timing_runs)
   # Fig. 5 shows the same test images for every model; each model's cost and pictures come from its first
   # finished seed (seed 0 unless report_only left it out).
@@ -552,8 +470,8 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     trained = TrainedModel(run_workdir(workdir, model, seeds[model][0]))
     profiles[model] = trained.profile(timing_runs)
     predictions[model] = trained.predict(examples["image"])
-  device = device_description()
-  result["rows"] = summarize(records, profiles, models, config.encoder)
+  device = timing.device_description()
+  result["rows"] = table_rows(records, profiles, models, config.encoder)
   result["files"] = write_tables(result["rows"], records, config, workdir, device, timing_runs)
   for path in write_curve_figures(config, workdir, seeds):
     result["files"][os.path.basename(path)] = path
@@ -561,18 +479,10 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   return result
 
 
-def _write_json(path: str, data: Any) -> None:
-  """Writes atomically, so an interruption never leaves a half-written marker that looks finished."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(data, f, indent=2)
-  os.replace(tmp, path)
-
-
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  summary.quiet_library_logs(__file__)
+  cli.quiet_library_logs(__file__)
   result = run_comparison(flags.FLAGS.config, flags.FLAGS.workdir)
   if jax.process_index() == 0:
     with open(result["files"]["table1.md"]) as f:

@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
+from veinjax import viz  # noqa: E402
+
 # One panel per quantity of the paper's Fig. 3/4: (panel title, [(history key, line label), ...]); the
 # first line of a panel is solid (training), the second dashed (the evaluation split).
 _CURVE_PANELS = (
@@ -99,8 +101,7 @@ def plot_prediction_grid(images: np.ndarray, labels: np.ndarray,
     for col, (column_title, masks) in enumerate(columns):
       ax = axes[row, col]
       if masks is None:
-        image = _display_image(images[row])
-        ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
+        ax.imshow(viz.to_uint8(images[row]))  # min-max scaled per image, gray shown as gray RGB
       else:
         ax.imshow(masks[row], cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
         notes = (cell_notes or {}).get(column_title)
@@ -114,15 +115,6 @@ def plot_prediction_grid(images: np.ndarray, labels: np.ndarray,
         ax.set_ylabel(row_titles[row], fontsize=8)
   fig.tight_layout()
   _save(fig, path)
-
-
-def _display_image(image: np.ndarray) -> np.ndarray:
-  """Min-max scales one image to [0, 1]; a single channel becomes [H, W] for a gray colormap."""
-  image = np.asarray(image, np.float32)
-  if image.ndim == 3 and image.shape[-1] == 1:
-    image = image[..., 0]
-  low, high = float(image.min()), float(image.max())
-  return (image - low) / (high - low) if high > low else np.zeros_like(image)
 
 
 def _save(fig: plt.Figure, path: str) -> None:

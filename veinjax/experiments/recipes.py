@@ -28,9 +28,8 @@ from typing import Any
 
 from absl import app
 from absl import flags
-import ml_collections
 
-from veinjax.experiments import compare
+from veinjax.experiments import tables
 
 # Metrics a recipe can be chosen by: keys of the `selected_<key>` columns of table1_runs.csv.
 SELECTION_METRICS = ("dice", "iou", "miou")
@@ -101,8 +100,8 @@ def _format_value(value: Any) -> str:
 
 def differences(reference: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
   """`field=value` for every config field where `config` differs from `reference`, sorted by field."""
-  values = compare.flatten(config)
-  return [f"{k}={_format_value(values.get(k, '(unset)'))}" for k in compare.config_differences(reference, config)]
+  values = tables.flatten(config)
+  return [f"{k}={_format_value(values.get(k, '(unset)'))}" for k in tables.config_differences(reference, config)]
 
 
 def check_comparable(recipes: Sequence[Mapping[str, Any]]) -> None:
@@ -113,10 +112,10 @@ def check_comparable(recipes: Sequence[Mapping[str, Any]]) -> None:
         f"{reference['workdir']} chose its checkpoints on the {reference['config'].get('eval_split')!r} split: "
         "recipes are compared on the validation split only (choosing by test figures leaks the test set). "
         "Train with --config.eval_split=validation.")
-  reference_values = compare.flatten(reference["config"])
+  reference_values = tables.flatten(reference["config"])
   for recipe in recipes[1:]:
-    values = compare.flatten(recipe["config"])
-    for field in compare.config_differences(reference["config"], recipe["config"]):
+    values = tables.flatten(recipe["config"])
+    for field in tables.config_differences(reference["config"], recipe["config"]):
       if _must_share(field):
         raise ValueError(
             f"{recipe['workdir']} differs from the reference {reference['workdir']} in "
@@ -125,7 +124,7 @@ def check_comparable(recipes: Sequence[Mapping[str, Any]]) -> None:
             "split must share the dataset, classes, seed and eval_split. Train it again with the reference's value.")
 
 
-def summarize(recipes: Sequence[Mapping[str, Any]], metric: str) -> list[dict[str, Any]]:
+def recipe_rows(recipes: Sequence[Mapping[str, Any]], metric: str) -> list[dict[str, Any]]:
   """One row per recipe, the kept one (highest mean validation `metric`) flagged; in the order given."""
   if metric not in SELECTION_METRICS:
     raise ValueError(f"--metric={metric!r}: choose one of {', '.join(SELECTION_METRICS)}.")
@@ -137,14 +136,14 @@ def summarize(recipes: Sequence[Mapping[str, Any]], metric: str) -> list[dict[st
            "seeds": sorted(seeds),
            "differences": differences(reference["config"], recipe["config"]) if recipe is not reference else []}
     for key in [f"val_{k}" for k in SELECTION_METRICS] + ["test_iou", "test_dice"]:
-      row[f"{key}_mean"], row[f"{key}_std"] = compare.mean_std([s[key] for s in seeds.values()])
-    row["train_minutes_mean"], _ = compare.mean_std(
+      row[f"{key}_mean"], row[f"{key}_std"] = tables.mean_std([s[key] for s in seeds.values()])
+    row["train_minutes_mean"], _ = tables.mean_std(
         [None if s["train_seconds"] is None else s["train_seconds"] / 60 for s in seeds.values()])
     # Paired by seed: the same validation split and initialisation, so seed-to-seed variation cancels.
     paired = sorted(set(seeds) & set(reference["seeds"])) if recipe is not reference else []
     deltas = [seeds[k][f"val_{metric}"] - reference["seeds"][k][f"val_{metric}"] for k in paired
               if seeds[k][f"val_{metric}"] is not None and reference["seeds"][k][f"val_{metric}"] is not None]
-    row["paired_delta_mean"], row["paired_delta_std"] = compare.mean_std(deltas)
+    row["paired_delta_mean"], row["paired_delta_std"] = tables.mean_std(deltas)
     row["paired_seeds"] = len(deltas)
     rows.append(row)
   scored = [r for r in rows if r[f"val_{metric}_mean"] is not None]
@@ -157,11 +156,6 @@ def summarize(recipes: Sequence[Mapping[str, Any]], metric: str) -> list[dict[st
   return rows
 
 
-def _foreground_name(config: Mapping[str, Any]) -> str:
-  from veinjax.data import sources  # pylint: disable=g-import-not-at-top  # TensorFlow only when needed
-  return sources.foreground_name(ml_collections.ConfigDict(config))
-
-
 _METRIC_TITLES = {"dice": "{fg} Dice", "iou": "{fg} IoU", "miou": "mIoU"}
 
 
@@ -169,13 +163,13 @@ def table_markdown(rows: Sequence[Mapping[str, Any]], recipes: Sequence[Mapping[
                    metric: str) -> str:
   """The recipe table as Markdown, with the rule that chose the kept recipe spelled out under it."""
   config = recipes[0]["config"]
-  fg = _foreground_name(config)
+  fg = tables.foreground_name(config)
   chosen_by = _METRIC_TITLES[metric].format(fg=fg)
   header = ["Recipe", "Differs from the reference", "Seeds", f"Val. {chosen_by}",
             f"Δ val. {chosen_by} vs reference (paired)", f"Val. {fg} IoU" if metric != "iou" else f"Val. {fg} Dice",
             f"Test {fg} IoU", f"Test {fg} Dice", "Train min / seed"]
   other_val = "val_iou" if metric != "iou" else "val_dice"
-  lines = [f"## Recipes: {compare.display_name(model, str(config.get('encoder', '')))} on "
+  lines = [f"## Recipes: {tables.display_name(model, str(config.get('encoder', '')))} on "
            f"{config['dataset']['name']}, chosen by validation {chosen_by}", "",
            "| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
   for r in rows:
@@ -185,10 +179,10 @@ def table_markdown(rows: Sequence[Mapping[str, Any]], recipes: Sequence[Mapping[
              "—" if r["paired_delta_mean"] is None else
              f"{r['paired_delta_mean']:+.3f} ± {r['paired_delta_std']:.3f} ({r['paired_seeds']} seeds)")
     cells = [name, ", ".join(f"`{d}`" for d in r["differences"]) or ("—" if r is rows[0] else "(nothing)"),
-             str(n), compare.format_mean_std(r[f"val_{metric}_mean"], r[f"val_{metric}_std"], n), delta,
-             compare.format_mean_std(r[f"{other_val}_mean"], r[f"{other_val}_std"], n),
-             compare.format_mean_std(r["test_iou_mean"], r["test_iou_std"], n),
-             compare.format_mean_std(r["test_dice_mean"], r["test_dice_std"], n),
+             str(n), tables.format_mean_std(r[f"val_{metric}_mean"], r[f"val_{metric}_std"], n), delta,
+             tables.format_mean_std(r[f"{other_val}_mean"], r[f"{other_val}_std"], n),
+             tables.format_mean_std(r["test_iou_mean"], r["test_iou_std"], n),
+             tables.format_mean_std(r["test_dice_mean"], r["test_dice_std"], n),
              "—" if r["train_minutes_mean"] is None else f"{r['train_minutes_mean']:.1f}"]
     lines.append("| " + " | ".join(cells) + " |")
   lines += [
@@ -232,7 +226,7 @@ def compare_recipes(workdirs: Sequence[str], model: str, metric: str = "dice",
     raise ValueError(f"--workdirs={','.join(workdirs)!r} names a workdir twice.")
   recipes = [load_recipe(w, model) for w in workdirs]
   check_comparable(recipes)
-  rows = summarize(recipes, metric)
+  rows = recipe_rows(recipes, metric)
   markdown = table_markdown(rows, recipes, model, metric)
   files = write_tables(rows, markdown, out_dir) if out_dir else {}
   return {"rows": rows, "markdown": markdown, "files": files}

@@ -1,0 +1,141 @@
+"""Evaluation of one split: every real example counted once, metrics from one confusion matrix.
+
+  metrics = evaluate_split(config, par, p_eval_step, variables, split, on_example=callback)
+  metrics = evaluate(config, workdir, checkpoint="best", split="test")   # eval.py: from a train.py workdir
+
+`evaluate_split` writes nothing: what a caller does with each example (TensorBoard panels during training,
+PNGs for `eval.py --save_predictions`) is its `on_example(image, label, prediction, example_id)` callback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from veinjax import config_checks
+from veinjax import metrics as metrics_lib
+from veinjax import parallel
+from veinjax import steps
+from veinjax import viz
+from veinjax import workdir as workdir_lib
+
+SPLITS = config_checks.SPLITS
+
+ExampleCallback = Callable[[np.ndarray, np.ndarray, np.ndarray, Any], None]
+
+
+def _host_gather(x: np.ndarray) -> np.ndarray:
+  """Every process's per-example rows, concatenated (only on many hosts)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  gathered = np.asarray(multihost_utils.process_allgather(x))
+  return gathered.reshape((-1,) + gathered.shape[2:])
+
+
+def evaluate_split(config, par: parallel.DataParallel, p_eval_step: Callable, variables, split: str, *,
+                   on_example: ExampleCallback | None = None) -> dict:
+  """Metrics of the whole `split` (acc, miou, iou, dice, ..., hd95, loss, num_examples).
+
+  `variables` are in the layout `par` expects (replicated). HD95 is measured on the host per image.
+  `on_example(image, label, prediction, id)` is called for each real example of this process, in order
+  (on many hosts: process 0's own examples only).
+  """
+  from veinjax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  ds = pipeline.create_eval_dataset(config, split, process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+  accumulator = metrics_lib.MetricsAccumulator(config.num_classes, config.pixel_spacing_mm)
+  loss_sum = count = 0.0
+  for device_batch, host_batch in par.prefetch(ds.as_numpy_iterator()):
+    out = p_eval_step(variables, device_batch)
+    sums = par.first({k: out[k] for k in ("confusion", "loss_sum", "count")})
+    accumulator.add(sums["confusion"])
+    loss_sum += float(sums["loss_sum"])
+    count += float(sums["count"])
+    pred, label, valid = par.local(out["prediction"]), host_batch["label"], host_batch["valid"]
+    if jax.process_count() > 1:
+      pred, label, valid = _host_gather(pred), _host_gather(label), _host_gather(valid)
+    accumulator.add_hd95(pred, label, valid)
+    if on_example is None or jax.process_count() > 1:
+      continue  # pictures come from process 0's own examples only
+    for i in np.flatnonzero(valid):
+      on_example(host_batch["image"][i], label[i], pred[i], host_batch["id"][i])
+  result = accumulator.result()
+  result["loss"] = loss_sum / count if count else float("nan")
+  return result
+
+
+class PanelCollector:
+  """An `on_example` callback keeping the input | label | prediction panels of the first `limit` examples."""
+
+  def __init__(self, limit: int):
+    self.limit = limit
+    self.panels: list[np.ndarray] = []
+
+  def __call__(self, image, label, prediction, example_id) -> None:
+    del example_id
+    if len(self.panels) < self.limit:
+      self.panels.append(viz.panel(image, label, prediction))
+
+
+def safe_file_stem(example_id, index: int) -> str:
+  """A file name stem for an example id (path separators flattened, extension dropped)."""
+  name = example_id.decode("utf-8", "replace") if isinstance(example_id, bytes) else str(example_id)
+  name = name.replace(os.sep, "__").replace("/", "__").strip() or f"example_{index:05d}"
+  return os.path.splitext(name)[0]
+
+
+class PanelWriter:
+  """An `on_example` callback writing each example's input | label | prediction panel to DIR/<id>.png."""
+
+  def __init__(self, directory: str):
+    self.directory = directory
+    self.written = 0  # the running index names examples without an id
+    if jax.process_index() == 0:
+      os.makedirs(directory, exist_ok=True)
+
+  def __call__(self, image, label, prediction, example_id) -> None:
+    path = os.path.join(self.directory, safe_file_stem(example_id, self.written) + ".png")
+    with open(path, "wb") as f:
+      f.write(viz.encode_png(viz.panel(image, label, prediction)))
+    self.written += 1
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "best", split: str = "test",
+             save_predictions: bool = False) -> dict:
+  """Evaluates a checkpoint of `workdir` on `split`; writes DIR/eval/<split>_metrics.json and returns it.
+
+  Args:
+    config: the run's config (its model must match the checkpoint's; the data fields pick what is measured).
+    workdir: the train.py workdir.
+    checkpoint: "best", "latest" or a checkpoint directory.
+    split: "train", "validation" or "test".
+    save_predictions: also write input | label | prediction panels to DIR/eval/<split>_predictions/.
+
+  Returns:
+    The metrics (acc, miou, iou, iou_per_class (background first), dice, precision, recall, specificity,
+    hd95, loss, num_examples) and where they came from (split, checkpoint, checkpoint_step, selected_on).
+  """
+  config_checks.validate_config(config)
+  steps.check_choice(split, SPLITS, "--split")
+  workdir = os.path.abspath(workdir)
+  par = parallel.DataParallel(config.parallelism)
+  par.check_batch_size(config.eval_batch_size, "--config.eval_batch_size")
+  model = steps.create_model(config, bn_axis_name=par.axis_name)
+  tree, meta = steps.restore_variables(config, model, workdir, checkpoint)
+  out_dir = os.path.join(workdir, "eval")
+  if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+  writer = PanelWriter(os.path.join(out_dir, f"{split}_predictions")) if save_predictions else None
+  result = evaluate_split(config, par, steps.wrap_eval_step(config, par, model), par.replicate(tree), split,
+                          on_example=writer)
+  result.update({"split": split, "checkpoint": checkpoint, "checkpoint_path": meta["path"],
+                 "checkpoint_step": meta.get("step"), "model": config.model,
+                 "selected_on": meta.get("eval_split") if checkpoint == "best" else None,
+                 "best_metric": meta.get("best_metric")})
+  result = workdir_lib.to_jsonable(result)
+  workdir_lib.write_json(os.path.join(out_dir, f"{split}_metrics.json"), result)
+  return result

@@ -1,0 +1,219 @@
+"""The model, optimizer and state of a run, and its steps: pure functions of (state, batch), no loop, no files.
+
+  model = create_model(config)                       # the config's Flax module
+  state = create_train_state(config, model, lr_fn)   # TrainState with BatchNorm statistics
+  p_train_step, p_eval_step = wrap_steps(config, par, model, lr_fn)   # under pmap or jit (veinjax.parallel)
+
+`train_step` and `eval_step` take `axis_name`: "batch" under pmap, None under jit; metrics leave a step as
+psum-able sums (a confusion matrix, a loss sum and a count), never means of means. This module imports
+without TensorFlow, so an accelerator machine without it can train on numpy batches and benchmark.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from veinjax import checkpoint as checkpoint_lib
+from veinjax import losses
+from veinjax import metrics as metrics_lib
+from veinjax import models
+from veinjax import parallel
+
+OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
+
+PyTree = Any
+
+
+def check_choice(value: str, choices, flag: str) -> None:
+  """A ValueError naming the flag and the valid choices unless `value` is one of them."""
+  if value not in choices:
+    raise ValueError(f"Unknown {flag}={value!r}; choose one of {', '.join(choices)}.")
+
+
+# ---- Model, optimizer, state ----
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState (step, params, opt_state, apply_fn, tx) plus BatchNorm statistics."""
+  batch_stats: Any = None
+
+
+def create_model(config: ml_collections.ConfigDict, bn_axis_name: str | None = None) -> flax.linen.Module:
+  """The config's model; bf16 computation under `config.half_precision` (parameters stay float32).
+
+  `models.create_model` validates model, encoder and num_classes, naming the valid choices.
+  """
+  kwargs = {}
+  # Models with a fixed encoder (unet, fcn8s) reject any other value; the encoder field is for the others.
+  if config.model not in models.FIXED_ENCODERS:
+    kwargs["encoder"] = config.encoder
+  try:
+    return models.create_model(config.model, num_classes=config.num_classes,
+                               dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
+                               bn_axis_name=bn_axis_name, **kwargs)
+  except ValueError as e:
+    raise ValueError(f"{e} (--config.model / --config.encoder / --config.num_classes)") from None
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> dict:
+  """What a checkpoint must share with a config to be restored into its model (the optimizer is checked by
+  restoring its state: see `veinjax.checkpoint`)."""
+  return {"model": config.model,
+          "encoder": None if config.model in models.FIXED_ENCODERS else config.encoder,
+          "num_classes": int(config.num_classes), "in_channels": int(config.in_channels)}
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+  """`config.lr_schedule` over the whole run, with `warmup_epochs` of linear warmup from 0."""
+  check_choice(config.lr_schedule, LR_SCHEDULES, "--config.lr_schedule")
+  total = config.num_epochs * steps_per_epoch
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  lr = config.learning_rate
+  if config.lr_schedule == "constant":
+    main = optax.constant_schedule(lr)
+  else:
+    main = optax.cosine_decay_schedule(lr, decay_steps=max(1, total - warmup))
+  if warmup <= 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def create_optimizer(config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule):
+  """Adam (AdamW when weight_decay > 0) or SGD with momentum, after optional global-norm clipping."""
+  check_choice(config.optimizer, OPTIMIZERS, "--config.optimizer")
+  if config.optimizer == "adam":
+    tx = (optax.adamw(learning_rate_fn, weight_decay=config.weight_decay) if config.weight_decay > 0
+          else optax.adam(learning_rate_fn))
+  else:
+    tx = optax.sgd(learning_rate_fn, momentum=0.9, nesterov=True)
+    if config.weight_decay > 0:
+      tx = optax.chain(optax.add_decayed_weights(config.weight_decay), tx)
+  if config.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  return tx
+
+
+def init_variables(model: flax.linen.Module, config, rng: jax.Array) -> dict:
+  """{'params', 'batch_stats'} of a freshly initialised model."""
+  shape = (1, config.image_size, config.image_size, config.in_channels)
+  variables = jax.jit(functools.partial(model.init, train=False))(rng, jnp.zeros(shape))
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def abstract_variables(model: flax.linen.Module, config) -> dict:
+  """The shapes and dtypes of `init_variables` without computing them (a target to restore into)."""
+  return jax.eval_shape(lambda: init_variables(model, config, jax.random.key(0)))
+
+
+def create_train_state(config, model: flax.linen.Module, learning_rate_fn: optax.Schedule,
+                       rng: jax.Array | None = None, abstract: bool = False) -> TrainState:
+  """A TrainState for `model`; `abstract=True` gives only its shapes (to restore into, without initialising)."""
+  rng = jax.random.key(config.seed) if rng is None else rng
+  tx = create_optimizer(config, learning_rate_fn)
+
+  def make(rng):
+    variables = init_variables(model, config, rng)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables["batch_stats"])
+
+  return jax.eval_shape(make, rng) if abstract else make(rng)
+
+
+def split_state(state: TrainState) -> tuple[dict, dict]:
+  """The checkpoint items of a (host) state: the model and what resuming adds."""
+  return ({"params": state.params, "batch_stats": state.batch_stats},
+          {"opt_state": state.opt_state, "step": state.step})
+
+
+def restore_variables(config, model: flax.linen.Module, workdir: str,
+                      checkpoint: str = "best") -> tuple[dict, dict]:
+  """({'params', 'batch_stats'} as host numpy, the checkpoint's meta) of a run's 'best', 'latest' or a
+  checkpoint directory; a checkpoint of another model or config is a `CheckpointMismatchError`."""
+  tree, _, meta = checkpoint_lib.restore_path(checkpoint_lib.resolve(workdir, checkpoint),
+                                              abstract_variables(model, config), fingerprint(config))
+  return tree, meta
+
+
+# ---- Steps ----
+
+
+def _psum(x, axis_name):
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _pmean(x, axis_name):
+  return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, loss_fn: losses.LossFn,
+               learning_rate_fn: optax.Schedule, num_classes: int,
+               axis_name: str | None = None) -> tuple[TrainState, dict]:
+  """One optimizer step on a batch {'image' [N,H,W,C], 'label' [N,H,W]}.
+
+  Returns the new state and {'loss': mean loss of the global batch, 'confusion': the batch's pixel confusion
+  matrix (train mode), 'learning_rate': the rate this step used}.
+  """
+  images, labels = batch["image"], batch["label"]
+  weights = jnp.ones(labels.shape[:1], jnp.float32)
+
+  def compute_loss(params):
+    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, images,
+                                     train=True, mutable=["batch_stats"])
+    return loss_fn(logits, labels, weights), (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+  # Equal per-device batches: the mean of the per-device mean gradients is the global-batch gradient.
+  grads = _pmean(grads, axis_name)
+  new_state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+  pred = metrics_lib.predictions(logits, num_classes)
+  confusion = metrics_lib.confusion_matrix(pred, labels, metrics_lib.num_labels_for_classes(num_classes), weights)
+  return new_state, {"loss": _pmean(loss, axis_name), "confusion": _psum(confusion, axis_name),
+                     "learning_rate": learning_rate_fn(state.step)}
+
+
+def eval_step(variables: Mapping[str, PyTree], batch: Mapping[str, jax.Array], *, apply_fn: Callable,
+              loss_fn: losses.LossFn, num_classes: int, axis_name: str | None = None) -> dict:
+  """Evaluates a padded batch {'image', 'label', 'valid' bool [N]} with the model's running statistics.
+
+  Returns sums over the real examples of all devices ('confusion', 'loss_sum', 'count') and the per-example
+  'prediction' (uint8 class indices [N, H, W]) for the host's HD95 and pictures.
+  """
+  logits = apply_fn(variables, batch["image"], train=False)
+  labels = batch["label"]
+  weights = batch["valid"].astype(jnp.float32)
+  count = jnp.sum(weights)
+  # The loss is a weighted mean over the real examples: times their count it adds up across batches.
+  loss_sum = loss_fn(logits, labels, weights) * count
+  pred = metrics_lib.predictions(logits, num_classes)
+  confusion = metrics_lib.confusion_matrix(pred, labels, metrics_lib.num_labels_for_classes(num_classes), weights)
+  return {"confusion": _psum(confusion, axis_name), "loss_sum": _psum(loss_sum, axis_name),
+          "count": _psum(count, axis_name), "prediction": pred.astype(jnp.uint8)}
+
+
+def predict_logits(model: flax.linen.Module, variables: Mapping[str, PyTree], images) -> jax.Array:
+  """float32 logits [N, H, W, num_classes] of preprocessed images [N, H, W, C] (traceable: jit it freely)."""
+  return model.apply(variables, jnp.asarray(images, jnp.float32), train=False)
+
+
+def wrap_eval_step(config, par: parallel.DataParallel, model: flax.linen.Module) -> Callable:
+  """`eval_step` with the config's loss, under `par`'s parallelism."""
+  loss_fn = losses.get_loss_fn(config.loss, config.num_classes)
+  return par.wrap_eval_step(functools.partial(
+      eval_step, apply_fn=model.apply, loss_fn=loss_fn, num_classes=config.num_classes))
+
+
+def wrap_train_step(config, par: parallel.DataParallel, learning_rate_fn: optax.Schedule) -> Callable:
+  """`train_step` with the config's loss and schedule, under `par`'s parallelism."""
+  loss_fn = losses.get_loss_fn(config.loss, config.num_classes)
+  return par.wrap_train_step(functools.partial(
+      train_step, loss_fn=loss_fn, learning_rate_fn=learning_rate_fn, num_classes=config.num_classes))

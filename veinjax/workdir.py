@@ -1,0 +1,103 @@
+"""The files of a run's workdir that are not checkpoints: config.json, history.jsonl, metrics JSON.
+
+  DIR/config.json      the resolved config of the run (`write_config`, `load_config`)
+  DIR/history.jsonl    one JSON object per evaluation (`append_history`, `read_history`, `truncate_history`)
+  any *.json           strict JSON written atomically (`write_json`), so a reader never sees half a file
+
+Only process 0 writes (every writer here is a no-op elsewhere), so callers on many hosts need no
+`if jax.process_index() == 0`. Metrics go through `to_jsonable`: numpy values become plain JSON and an
+undefined metric (NaN) becomes null, which strict JSON readers accept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.jsonl"
+
+
+def to_jsonable(value):
+  """Metrics (numpy scalars and arrays) as plain, strict JSON values.
+
+  An undefined metric (NaN, e.g. HD95 of a split without veins) or an infinite one becomes null: Python's
+  json would write the bare token NaN, which strict JSON readers reject.
+  """
+  if isinstance(value, Mapping):
+    return {str(k): to_jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [to_jsonable(v) for v in value]
+  if isinstance(value, (np.ndarray, jax.Array)):
+    return to_jsonable(np.asarray(value).tolist())
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def _is_writer() -> bool:
+  return jax.process_index() == 0
+
+
+def write_json(path: str, value: Any, indent: int | None = 2) -> None:
+  """Writes `value` as strict JSON (sorted keys), atomically: a temporary file renamed over `path`."""
+  if not _is_writer():
+    return
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(to_jsonable(value), f, indent=indent, sort_keys=True, allow_nan=False)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """DIR/config.json: the resolved config the run trains with."""
+  if _is_writer():
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a run wrote to DIR/config.json."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: is {workdir} a train.py workdir?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def read_history(workdir: str) -> list[dict]:
+  """The records of DIR/history.jsonl, in the order written."""
+  path = os.path.join(workdir, HISTORY_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_history(workdir: str, step: int) -> None:
+  """Drops records newer than the checkpoint a resumed run continues from (it will write them again)."""
+  if not _is_writer():
+    return
+  records = [r for r in read_history(workdir) if r.get("step", 0) <= step]
+  path = os.path.join(workdir, HISTORY_FILE)
+  with open(path + ".tmp", "w") as f:
+    for r in records:
+      f.write(json.dumps(r, allow_nan=False) + "\n")
+  os.replace(path + ".tmp", path)
+
+
+def append_history(workdir: str, record: Mapping[str, Any]) -> None:
+  """Adds one evaluation record to DIR/history.jsonl."""
+  if _is_writer():
+    with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
+      f.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
