@@ -11,6 +11,7 @@ from conftest import tiny_config
 from veinjax import timing
 from veinjax import workdir as workdir_lib
 from veinjax.experiments import compare
+from veinjax.experiments import table1
 from veinjax.experiments import tables
 
 # The two models that take a small encoder (ResNet18): the fastest pair to train on a CPU.
@@ -130,10 +131,10 @@ def test_selection_metrics_take_the_first_best_evaluation(tmp_path):
              {"epoch": 4, "eval_split": "validation", "miou": 0.7, "iou": 0.9, "dice": 0.95}]
   with open(tmp_path / workdir_lib.HISTORY_FILE, "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in history)
-  selected = compare.selection_metrics(str(tmp_path), "miou")
+  selected = table1.selection_metrics(str(tmp_path), "miou")
   assert (selected["epoch"], selected["iou"], selected["dice"]) == (2, 0.6, 0.7)
-  assert compare.selection_metrics(str(tmp_path), "dice")["epoch"] == 4
-  assert compare.selection_metrics(str(tmp_path / "no_run"), "miou") == {}
+  assert table1.selection_metrics(str(tmp_path), "dice")["epoch"] == 4
+  assert table1.selection_metrics(str(tmp_path / "no_run"), "miou") == {}
 
 
 def test_figures_are_valid_pngs(comparison):
@@ -194,7 +195,7 @@ def test_several_seeds_give_mean_and_sample_std(phantom_data_dir):
   records.append({"model": "unet", "seed": 0, "train_seconds": 30.0,
                   "metrics": {"iou": 0.5, "dice": 0.6, "acc": 0.9, "miou": 0.7, "hd95": 3.0}})
   profiles = {"resnet34_unet": {"params": 24_000_000, "gflops": 80.0, "inference_ms": 5.0}}
-  rows = compare.table_rows(records, profiles, ["resnet34_unet", "unet"], "resnet34")
+  rows = table1.table_rows(records, profiles, ["resnet34_unet", "unet"], "resnet34")
   first, unet = rows
   assert first["num_seeds"] == 3
   assert first["iou_mean"] == pytest.approx(0.80)
@@ -204,7 +205,7 @@ def test_several_seeds_give_mean_and_sample_std(phantom_data_dir):
   assert (unet["paper_acc"], unet["paper_miou"], unet["params"]) == (None, None, None)
 
   config = _tiny_config(phantom_data_dir)
-  markdown = compare.table_markdown(rows, config, "test device", timing_runs=5)
+  markdown = table1.table_markdown(rows, config, "test device", timing_runs=5)
   line = next(l for l in markdown.splitlines() if l.startswith("| ResNet34-UNet"))
   cells = [c.strip() for c in line.strip("|").split("|")]
   assert cells[1:3] == ["3", "0.800 ± 0.100"] and cells[7] == "24.00"  # seeds, vein IoU; params in millions

@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from veinjax import metrics as metrics_lib
+from veinjax import models
 from veinjax import postprocess as postprocess_lib
 from veinjax import steps
 from veinjax import workdir as workdir_lib
@@ -183,6 +184,19 @@ class Predictor:
     image = sources.to_channels(decode.frame_to_uint8(frame), self.config.in_channels)
     return pipeline.preprocess_for_model(np.asarray(image), self.config)
 
+  @property
+  def num_params(self) -> int:
+    """Parameters of all members together."""
+    return sum(models.count_params(v["params"]) for v in self._variables if "params" in v)
+
+  def forward(self, images: jax.Array) -> jax.Array:
+    """The jitted forward pass: probabilities [N, S, S, C] of preprocessed images (on the device)."""
+    return self._forward(self._variables, images)
+
+  def model_size_masks(self, images: np.ndarray) -> np.ndarray:
+    """Class masks [N, S, S] of preprocessed images at the model's size (no mapping back, no post-processing)."""
+    return np.stack([_class_mask(p) for p in self.model_size_probabilities(images)])
+
   def model_size_probabilities(self, images: np.ndarray) -> np.ndarray:
     """Probabilities [N, S, S, C] of preprocessed images, batch by batch (padded to `batch_size`)."""
     out = []
@@ -190,7 +204,7 @@ class Predictor:
       batch = images[start:start + self.batch_size]
       padded = np.zeros((self.batch_size,) + batch.shape[1:], np.float32)
       padded[:len(batch)] = batch
-      out.append(np.asarray(self._forward(self._variables, jnp.asarray(padded)))[:len(batch)])
+      out.append(np.asarray(self.forward(jnp.asarray(padded)))[:len(batch)])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
   def predict(self, frames: Iterable[np.ndarray]) -> list[FramePrediction]:
