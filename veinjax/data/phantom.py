@@ -21,9 +21,15 @@ frame is the same scene as its 512x512 counterpart (same seed), with speckle as 
 Intensity alone does not separate veins from arteries, dark fat lobules and shadows; shape, wall and position do.
 
 The mask labels the vein lumen: pixels whose centre lies inside the inner wall boundary.
+
+Sampling is separate from rendering: `sample_scene` draws every scene parameter (tissue layers, vessels and
+their looks, acoustics), and `render_tissue`, `draw_vessels`, `to_bmode` turn a scene into a frame. A
+frame is the same bytes however it is assembled, which `veinjax.data.phantom_clips` relies on to re-render
+one scene with a moving probe, pulsating arteries and compressed veins.
 """
 
-from typing import Sequence, Tuple, Union
+import dataclasses
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -33,16 +39,21 @@ Seed = Union[int, Sequence[int]]
 _REFERENCE_SIZE = 512
 
 
-def _smooth_field(rng: np.random.Generator, height: int, width: int, cells: float,
-                  cells_y: float = 0.0, rows: slice = slice(None)) -> np.ndarray:
-  """A smooth Gaussian random field with unit std: about `cells` correlation lengths across the width and
-  `cells_y` down the height (default: isotropic). `rows` computes only those rows of the same field.
+def _field_grid(rng: np.random.Generator, height: int, width: int, cells: float,
+                cells_y: float = 0.0) -> np.ndarray:
+  """The coarse white-noise grid of a smooth field (see `_field_values`): the only random part of it."""
+  gx = int(np.ceil(cells)) + 4
+  gy = int(np.ceil(cells_y or cells * height / width)) + 4
+  return rng.standard_normal((gy, gx)).astype(np.float32)
+
+
+def _field_values(grid: np.ndarray, height: int, width: int, rows: slice = slice(None)) -> np.ndarray:
+  """A smooth Gaussian random field with unit std over `height` x `width` pixels from its grid; about
+  `grid.shape - 4` correlation lengths across. `rows` computes only those rows of the same field.
 
   Low-rank: Gaussian-kernel interpolation matrices applied to a coarse white-noise grid, two small matmuls.
   """
-  gx = int(np.ceil(cells)) + 4
-  gy = int(np.ceil(cells_y or cells * height / width)) + 4
-  noise = rng.standard_normal((gy, gx)).astype(np.float32)
+  gy, gx = grid.shape
 
   def kernel(n: int, g: int) -> np.ndarray:
     # Grid nodes extend 2 cells beyond the image on each side, so the edges are as random as the middle.
@@ -52,7 +63,7 @@ def _smooth_field(rng: np.random.Generator, height: int, width: int, cells: floa
     return k / np.sqrt((k**2).sum(axis=1, keepdims=True))
 
   # Kernel rows have unit L2 norm, so the field has unit variance without measuring it.
-  return kernel(height, gy)[rows] @ noise @ kernel(width, gx).T
+  return kernel(height, gy)[rows] @ grid @ kernel(width, gx).T
 
 
 def _blur_1d(x: np.ndarray, sigma: float, axis: int) -> np.ndarray:
@@ -74,6 +85,20 @@ def _blur_1d(x: np.ndarray, sigma: float, axis: int) -> np.ndarray:
   return out
 
 
+def speckle_from_gaussian(z: np.ndarray, size: int) -> np.ndarray:
+  """Speckle intensity (unit mean) from two unit Gaussian fields z [2, H, W] (real, imaginary part)."""
+  scale = size / _REFERENCE_SIZE
+  z = _blur_1d(_blur_1d(z, 1.1 * scale, axis=2), 0.6 * scale, axis=1)
+  intensity = z[0] ** 2 + z[1] ** 2
+  return intensity / intensity.mean()
+
+
+def speckle_gamma_shape(size: int) -> Optional[float]:
+  """Below 3/4 of the reference size, Gamma(k) per pixel (this k); None: correlated complex speckle."""
+  scale = size / _REFERENCE_SIZE
+  return None if scale >= 0.75 else max(1.0, 0.25 / scale**2)
+
+
 def _speckle_intensity(rng: np.random.Generator, size: int) -> np.ndarray:
   """Multiplicative speckle intensity with unit mean (its square root is the Rayleigh-distributed amplitude).
 
@@ -82,13 +107,9 @@ def _speckle_intensity(rng: np.random.Generator, size: int) -> np.ndarray:
   cells, so its intensity is the mean of k exponential intensities (Gamma(k)): the speckle of a downsized
   frame, without generating the large one.
   """
-  scale = size / _REFERENCE_SIZE
-  if scale >= 0.75:
-    z = rng.standard_normal((2, size, size), dtype=np.float32)
-    z = _blur_1d(_blur_1d(z, 1.1 * scale, axis=2), 0.6 * scale, axis=1)
-    intensity = z[0] ** 2 + z[1] ** 2
-    return intensity / intensity.mean()
-  k = max(1.0, 0.25 / scale**2)
+  k = speckle_gamma_shape(size)
+  if k is None:
+    return speckle_from_gaussian(rng.standard_normal((2, size, size), dtype=np.float32), size)
   return rng.gamma(k, 1.0 / k, size=(size, size)).astype(np.float32)
 
 
@@ -104,13 +125,23 @@ def _dots(rng: np.random.Generator, size: int, density: float) -> np.ndarray:
   return np.clip(_blur_1d(_blur_1d(field, sigma, axis=1), 0.6 * sigma, axis=0), 0, 2)
 
 
-class _Vessel:
-  """Geometry of one vessel: an (optionally irregular) rotated ellipse with a wall of given thickness."""
-
-  def __init__(self, cx, cy, a, b, angle, wall, harmonics, is_vein):
-    self.cx, self.cy, self.a, self.b, self.angle, self.wall = cx, cy, a, b, angle, wall
-    self.harmonics = harmonics  # [(k, amplitude, phase)] perturbations of the boundary radius
-    self.is_vein = is_vein
+@dataclasses.dataclass
+class Vessel:
+  """One vessel: an (optionally irregular) rotated ellipse with a wall of given thickness, and its looks."""
+  cx: float
+  cy: float
+  a: float
+  b: float
+  angle: float
+  wall: float
+  harmonics: list  # [(k, amplitude, phase)] perturbations of the boundary radius
+  is_vein: bool
+  # Looks, drawn by `_sample_looks`: wall brightness, lumen echo (or "smoke" from slow flow), edge shadowing.
+  wall_gain: float = 0.0
+  lumen_echo: float = 0.0
+  smoke_grid: Optional[np.ndarray] = None
+  smoke_level: float = 0.0
+  refraction: float = 0.0
 
   @property
   def outer_radius(self) -> float:
@@ -133,11 +164,12 @@ class _Vessel:
     return dist, c * nu - s * nv, s * nu + c * nv
 
 
-def _place_vessels(rng: np.random.Generator, size: int, skin: float, fascia: float) -> list:
+def _place_vessels(rng: np.random.Generator, size: int, skin: float, fascia: float,
+                   spacing: float = 0.02) -> List[Vessel]:
   """Draws 1-3 veins and 0-2 arteries that overlap neither each other, the skin nor the image border.
 
   Most veins are superficial (in the subcutaneous fat, above the deep fascia at depth `fascia`); arteries
-  and the remaining veins lie deeper.
+  and the remaining veins lie deeper. `spacing`: the least gap between two vessels' walls, times the size.
   """
   vessels = []
 
@@ -149,7 +181,7 @@ def _place_vessels(rng: np.random.Generator, size: int, skin: float, fascia: flo
         continue
       if cand.cx - rad < 0.01 * size or cand.cx + rad > 0.99 * size:
         continue
-      if any(np.hypot(cand.cx - o.cx, cand.cy - o.cy) < rad + o.outer_radius + 0.02 * size for o in vessels):
+      if any(np.hypot(cand.cx - o.cx, cand.cy - o.cy) < rad + o.outer_radius + spacing * size for o in vessels):
         continue
       vessels.append(cand)
       return
@@ -162,14 +194,14 @@ def _place_vessels(rng: np.random.Generator, size: int, skin: float, fascia: flo
     else:
       cy = rng.uniform(fascia, 0.75 * size)
     harmonics = [(k, rng.uniform(-0.05, 0.05), rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4)]
-    return _Vessel(rng.uniform(0.12, 0.88) * size, cy, a, b, rng.normal(0.0, 0.12),
-                   rng.uniform(0.006, 0.01) * size, harmonics, True)
+    return Vessel(rng.uniform(0.12, 0.88) * size, cy, a, b, rng.normal(0.0, 0.12),
+                  rng.uniform(0.006, 0.01) * size, harmonics, True)
 
   def artery():
     a = rng.uniform(0.05, 0.095) * size
     cy = rng.uniform(max(fascia - 0.05 * size, 0.3 * size), 0.8 * size)
-    return _Vessel(rng.uniform(0.12, 0.88) * size, cy, a, a * rng.uniform(0.9, 1.0), rng.uniform(0, np.pi),
-                   rng.uniform(0.02, 0.03) * size, [], False)
+    return Vessel(rng.uniform(0.12, 0.88) * size, cy, a, a * rng.uniform(0.9, 1.0), rng.uniform(0, np.pi),
+                  rng.uniform(0.02, 0.03) * size, [], False)
 
   num_veins = int(rng.integers(1, 4))
   num_arteries = int(rng.choice(3, p=[0.2, 0.4, 0.4]))
@@ -177,10 +209,242 @@ def _place_vessels(rng: np.random.Generator, size: int, skin: float, fascia: flo
     try_place(vein)
   if not vessels:  # Could not fit one (very unlikely): a small centred vein.
     a = 0.07 * size
-    vessels.append(_Vessel(0.5 * size, 0.4 * size, a, 0.6 * a, 0.0, 0.008 * size, [], True))
+    vessels.append(Vessel(0.5 * size, 0.4 * size, a, 0.6 * a, 0.0, 0.008 * size, [], True))
   for _ in range(num_arteries):
     try_place(artery)
   return vessels
+
+
+def _sample_looks(rng: np.random.Generator, vessel: Vessel, fat_level: float) -> None:
+  """Draws a vessel's wall brightness, lumen echo and edge shadowing (in the order frames always drew them)."""
+  if vessel.is_vein:
+    vessel.wall_gain = rng.uniform(1.0, 1.5)
+    vessel.lumen_echo = rng.uniform(0.015, 0.03)
+    if rng.random() < 0.35:  # slow flow: faint swirling "smoke" echoes fill the lumen
+      vessel.smoke_grid = _field_grid(rng, 1, 1, 3.0, 3.0)  # fixed grid: same draws at any size
+      vessel.smoke_level = rng.uniform(0.15, 0.3) * fat_level
+  else:
+    vessel.wall_gain = rng.uniform(1.0, 1.4)
+    vessel.lumen_echo = rng.uniform(0.015, 0.03)
+  vessel.refraction = rng.uniform(1.0, 5.0)
+
+
+@dataclasses.dataclass
+class Anatomy:
+  """The tissue layers of one scene, in pixels of the size it was sampled at (grids: smooth-field noise)."""
+  skin: float
+  skin_thick: float
+  fascia_depth: float
+  fascia_wave: np.ndarray
+  fat_level: float
+  muscle_level: float
+  lobule_cells: float
+  lobule_grid: np.ndarray
+  septa_width: float
+  septa_echo: float
+  striation_angle: float
+  striation_period: float
+  warp_grid: np.ndarray
+  streak_grid: np.ndarray
+  bundle_grid: np.ndarray
+  dot_density: float
+  skin_echo: float
+  fascia_width: float
+  fascia_echo: float
+  superficial_fascia: Optional[Tuple[float, np.ndarray, float]]  # (relative depth, wave grid, echo)
+  bone: Optional[Tuple[float, float, float, float]]  # (centre x, half width, depth, curvature), in units of n
+
+
+@dataclasses.dataclass
+class Scene:
+  """Everything random about a frame but its noise: what `sample_scene` draws and the renderers read."""
+  size: int
+  anatomy: Anatomy
+  vessels: List[Vessel]
+  acoustics: Tuple[float, float, float, float, float, float]  # alpha, tgc, noise, range dB, grey, gamma
+
+
+def _sample_anatomy(geo: np.random.Generator, n: int) -> Anatomy:
+  """Draws the tissue layers: skin, fat lobules and septa, fascia, muscle striation, maybe a bone."""
+  skin, skin_thick = geo.uniform(0.025, 0.05) * n, geo.uniform(0.012, 0.022) * n
+  fascia_depth = geo.uniform(0.35, 0.6) * n
+  fascia_wave = _field_grid(geo, 1, n, 3)
+  fat_level, muscle_level = geo.uniform(0.18, 0.32), geo.uniform(0.38, 0.55)
+  cells = geo.uniform(7, 12)
+  lobule_grid = _field_grid(geo, n, n, cells, 2.2 * cells)
+  septa_width, septa_echo = geo.uniform(0.1, 0.16), geo.uniform(0.4, 0.8)
+  striation_angle, period = geo.uniform(-0.5, 0.5), geo.uniform(0.03, 0.06) * n
+  warp_grid, streak_grid, bundle_grid = (_field_grid(geo, n, n, c) for c in (4, 14, 8))
+  dot_density, skin_echo = geo.uniform(0.001, 0.003), geo.uniform(0.9, 1.3)
+  fascia_width = geo.uniform(0.004, 0.007) * n
+  fascia_echo = geo.uniform(0.7, 1.1)
+  superficial = bone = None
+  if geo.random() < 0.6:  # A faint superficial fascia inside the fat.
+    superficial = (geo.uniform(0.35, 0.65), _field_grid(geo, 1, n, 3), geo.uniform(0.25, 0.5))
+  if geo.random() < 0.35:  # A bone surface deep down.
+    bone = (geo.uniform(0.2, 0.8), geo.uniform(0.25, 0.5), geo.uniform(0.8, 0.92), geo.uniform(0.05, 0.15))
+  return Anatomy(skin, skin_thick, fascia_depth, fascia_wave, fat_level, muscle_level, cells, lobule_grid,
+                 septa_width, septa_echo, striation_angle, period, warp_grid, streak_grid, bundle_grid,
+                 dot_density, skin_echo, fascia_width, fascia_echo, superficial, bone)
+
+
+def scene_rngs(seed: Seed) -> Tuple[np.random.Generator, np.random.Generator]:
+  """The two streams of a seed: scene parameters first, noise last, so a scene is the same at every size."""
+  rng = np.random.default_rng(seed)
+  geo = np.random.default_rng(rng.integers(2**63))
+  return geo, np.random.default_rng(rng.integers(2**63))
+
+
+def sample_scene(geo: np.random.Generator, size: int, vessel_spacing: float = 0.02) -> Scene:
+  """Draws a whole scene from the parameter stream `geo` (`scene_rngs`), in the order frames always did."""
+  anatomy = _sample_anatomy(geo, size)
+  vessels = _place_vessels(geo, size, anatomy.skin + anatomy.skin_thick, anatomy.fascia_depth, vessel_spacing)
+  for vessel in vessels:
+    _sample_looks(geo, vessel, anatomy.fat_level)
+  alpha = geo.uniform(2.0, 3.5)  # total tissue attenuation over the depth, nepers (amplitude)
+  tgc = alpha * geo.uniform(0.65, 1.0)  # the operator's gain compensates most of it
+  noise_level = geo.uniform(0.008, 0.016)
+  dynamic_range = geo.uniform(45.0, 60.0)  # dB shown between black and white
+  tissue_grey = geo.uniform(0.3, 0.6)  # where the operator's gain puts typical tissue (~0.4) on the screen
+  gamma = geo.uniform(0.85, 1.2)
+  return Scene(size, anatomy, vessels, (alpha, tgc, noise_level, dynamic_range, tissue_grey, gamma))
+
+
+def _grid_coords(n: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Pixel-centre coordinates: a column of depths ys [n, 1] and a row of lateral positions xs [1, n]."""
+  return (np.arange(n, dtype=np.float32) + 0.5)[:, None], (np.arange(n, dtype=np.float32) + 0.5)[None, :]
+
+
+def _fat_and_muscle(anat: Anatomy, n: int, noise_rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+  """Echogenicity (linear amplitude, tissue ~ 0.2..1) of subcutaneous fat above the deep fascia, muscle below,
+  and the depth of the deep fascia per column.
+
+  Each is computed only down (up) to where the smooth transition between them ends.
+  """
+  ys, xs = _grid_coords(n)
+  fascia_y = anat.fascia_depth + _field_values(anat.fascia_wave, 1, n)[0] * 0.015 * n  # [n] depth per column
+  fat_rows = slice(0, min(int(np.ceil(fascia_y.max() + 0.04 * n)) + 1, n))
+  muscle_rows = slice(max(int(np.floor(fascia_y.min() - 0.04 * n)), 0), n)
+
+  # Fat lobules: flattened cells (stretched along the skin) separated by thin echogenic septa, which are
+  # drawn as the zero level lines of a smooth random field.
+  lobules = _field_values(anat.lobule_grid, n, n, rows=fat_rows)
+  septa = np.exp(-((lobules / anat.septa_width) ** 2))
+  fat = anat.fat_level * (1.0 + 0.5 * np.tanh(lobules)) + anat.septa_echo * septa
+
+  # Muscle: perimysium as short, broken, oblique echogenic streaks, and a "starry" fibre-bundle texture.
+  period, angle = anat.striation_period, anat.striation_angle
+  warp = _field_values(anat.warp_grid, n, n, rows=muscle_rows) * 0.05 * n
+  phase = (ys[muscle_rows] * np.cos(angle) + xs * np.sin(angle) + warp) * (2 * np.pi / period)
+  # Lines at least ~1.5 px wide, and faded out where the period nears 2 px: no aliasing at small sizes.
+  sharpness = max(0.05, (2.2 / period) ** 2)
+  visible = np.clip((period - 2.5) / 3.0, 0.0, 1.0)
+  streaks = np.clip(_field_values(anat.streak_grid, n, n, rows=muscle_rows), 0, 2) * visible
+  stripes = np.exp(-(np.sin(phase) ** 2) / sharpness) * streaks
+  bundles = _field_values(anat.bundle_grid, n, n, rows=muscle_rows).clip(-1.5, 1.5)
+  muscle = anat.muscle_level * (0.8 + 0.2 * bundles) + 0.45 * stripes
+  muscle += 0.5 * _dots(noise_rng, n, density=anat.dot_density)[muscle_rows]
+
+  echo = np.empty((n, n), dtype=np.float32)
+  top, bottom = muscle_rows.start, fat_rows.stop  # the transition rows, computed in both
+  echo[:top] = fat[:top]
+  echo[bottom:] = muscle[bottom - top:]
+  blend = 0.5 + 0.5 * np.tanh((ys[top:bottom] - fascia_y[None, :]) / (0.008 * n))
+  echo[top:bottom] = fat[top:] * (1 - blend) + muscle[:bottom - top] * blend
+  return echo, fascia_y
+
+
+def render_tissue(anat: Anatomy, n: int, noise_rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+  """The tissue without vessels: echogenicity and the attenuation coefficients (per unit depth, relative)."""
+  ys, xs = _grid_coords(n)
+  echo, fascia_y = _fat_and_muscle(anat, n, noise_rng)
+
+  def band(center, half_width):
+    return np.exp(-(((ys - center) / max(half_width, 0.6)) ** 2))
+
+  skin, skin_thick = anat.skin, anat.skin_thick
+  echo *= ys > skin  # gel above the skin is anechoic
+  echo += anat.skin_echo * band(skin + 0.5 * skin_thick, 0.5 * skin_thick)
+  echo += 0.35 * band(0.006 * n, 0.004 * n)  # transducer face / near-field reverberation
+  fascia_w = anat.fascia_width
+  echo += anat.fascia_echo * np.exp(-(((ys - fascia_y[None, :]) / max(fascia_w, 0.6)) ** 2))
+  if anat.superficial_fascia is not None:
+    depth, wave, brightness = anat.superficial_fascia
+    sup_y = skin + depth * (anat.fascia_depth - skin) + _field_values(wave, 1, n)[0] * 0.01 * n
+    echo += brightness * np.exp(-(((ys - sup_y[None, :]) / max(0.6 * fascia_w, 0.6)) ** 2))
+
+  # Fluid hardly attenuates, bone blocks the beam.
+  mu = np.ones((n, n), dtype=np.float32)
+  if anat.bone is not None:  # A bone surface deep down: bright convex arc with a full shadow below.
+    xc, half = anat.bone[0] * n, anat.bone[1] * n
+    bone_y = anat.bone[2] * n + anat.bone[3] * n * ((xs - xc) / half) ** 2
+    extent = np.clip(1.5 - 1.5 * np.abs((xs - xc) / half) ** 2, 0, 1)  # soft lateral ends
+    echo += 1.6 * extent * np.exp(-(((ys - bone_y) / max(0.008 * n, 0.6)) ** 2))
+    mu += 40.0 * extent * (ys > bone_y)
+  return echo, mu
+
+
+def draw_vessels(vessels: Sequence[Vessel], n: int, echo: Optional[np.ndarray] = None,
+                 mu: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+  """Draws the vessels into `echo` and `mu` (in place, where given) -> (vein mask, instance mask).
+
+  Instance mask: vessel i (0-based in `vessels`) has value i + 1 over its lumen, veins and arteries alike.
+  A vessel wholly outside the frame is skipped.
+  """
+  ys, xs = _grid_coords(n)
+  mask = np.zeros((n, n), dtype=np.uint8)
+  instances = np.zeros((n, n), dtype=np.uint8)
+  lumen_all = np.zeros((n, n), dtype=np.float32)
+  for index, vessel in enumerate(vessels):
+    r = int(np.ceil(vessel.outer_radius)) + 2
+    y0, y1 = max(int(vessel.cy) - r, 0), min(int(vessel.cy) + r + 1, n)
+    x0, x1 = max(int(vessel.cx) - r, 0), min(int(vessel.cx) + r + 1, n)
+    if y1 <= y0 or x1 <= x0:
+      continue
+    dist, nx, ny = vessel.signed_distance(ys[y0:y1], xs[:, x0:x1])
+    instances[y0:y1, x0:x1][dist < 0] = index + 1
+    if vessel.is_vein:
+      mask[y0:y1, x0:x1] |= (dist < 0).astype(np.uint8)
+    if echo is None:
+      continue
+    lumen = np.clip(0.5 - dist, 0, 1)  # 1-pixel anti-aliased edge centred on the boundary
+    outer = np.clip(0.5 - (dist - vessel.wall), 0, 1)
+    wall = outer - lumen
+    lumen_echo = vessel.lumen_echo
+    if vessel.is_vein:
+      wall_echo = vessel.wall_gain * (0.3 + 0.7 * ny**2)  # specular: brightest at top and bottom
+      if vessel.smoke_grid is not None:
+        smoke = _field_values(vessel.smoke_grid, y1 - y0, x1 - x0)
+        lumen_echo = vessel.smoke_level * np.clip(1.0 + 0.5 * smoke, 0.2, 2.0)
+    else:
+      wall_echo = vessel.wall_gain * (0.6 + 0.4 * ny**2)
+    sub = echo[y0:y1, x0:x1]
+    echo[y0:y1, x0:x1] = sub * (1 - outer) + wall * wall_echo + lumen * lumen_echo
+    lumen_all[y0:y1, x0:x1] = np.maximum(lumen_all[y0:y1, x0:x1], lumen)
+    # Refraction at the lateral edges: extra loss where the wall runs along the beam -> edge shadows below.
+    mu[y0:y1, x0:x1] += vessel.refraction * wall * nx**8
+  if mu is not None:
+    mu -= 0.9 * lumen_all  # blood attenuates ~10x less than tissue -> posterior enhancement
+  return mask, instances
+
+
+def to_bmode(echo: np.ndarray, mu: np.ndarray, acoustics: Sequence[float], speckle: np.ndarray,
+             noise_rng: np.random.Generator) -> np.ndarray:
+  """Acoustics along each column: attenuation, TGC, speckle, noise, log compression -> uint8 frame."""
+  n = echo.shape[0]
+  ys, xs = _grid_coords(n)
+  yn = ys / n  # normalised depth, 0 at the probe
+  alpha, tgc, noise_level, dynamic_range, tissue_grey, gamma = acoustics
+  path = np.cumsum(mu, axis=0) / n
+  amplitude = echo * np.exp(-alpha * path + tgc * yn)
+  amplitude *= 1.0 - 0.25 * np.abs(xs / n - 0.5) ** 3  # slight lateral fall-off of the aperture
+  # Received power: speckled echoes plus electronic noise amplified by the depth gain; log-compressed.
+  power = amplitude**2 * speckle
+  power += noise_rng.standard_exponential((n, n), dtype=np.float32) * (noise_level**2 * np.exp(2 * tgc * yn))
+  db = 10.0 * np.log10(power + 1e-12) - 20.0 * np.log10(0.4)
+  display = np.clip(db / dynamic_range + tissue_grey, 0.0, 1.0)
+  lut = np.round(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)  # contrast curve
+  return lut[np.round(display * 255.0).astype(np.uint8)]
 
 
 def generate_example(seed: Seed, size: int = 512) -> Tuple[np.ndarray, np.ndarray]:
@@ -194,128 +458,19 @@ def generate_example(seed: Seed, size: int = 512) -> Tuple[np.ndarray, np.ndarra
   Returns:
     image: uint8 [size, size] B-mode frame. mask: uint8 [size, size], 1 = vein lumen, 0 = everything else.
   """
+  check_size(size)
+  geo, noise_rng = scene_rngs(seed)
+  scene = sample_scene(geo, size)
+  echo, mu = render_tissue(scene.anatomy, size, noise_rng)
+  mask, _ = draw_vessels(scene.vessels, size, echo, mu)
+  image = to_bmode(echo, mu, scene.acoustics, _speckle_intensity(noise_rng, size), noise_rng)
+  return image, mask
+
+
+def check_size(size: int) -> None:
+  """Below 32 px the scene's thinnest layers and walls vanish."""
   if size < 32:
     raise ValueError(f"phantom size must be >= 32 pixels, got {size}")
-  rng = np.random.default_rng(seed)
-  # Scene parameters first, noise last, so the same seed gives the same scene at every size.
-  geo = np.random.default_rng(rng.integers(2**63))
-  noise_rng = np.random.default_rng(rng.integers(2**63))
-  n = size
-  ys = (np.arange(n, dtype=np.float32) + 0.5)[:, None]
-  xs = (np.arange(n, dtype=np.float32) + 0.5)[None, :]
-  yn = ys / n  # normalised depth, 0 at the probe
-
-  # ---- Anatomy: echogenicity map (linear amplitude, tissue ~ 0.2..1) ----
-  skin = geo.uniform(0.025, 0.05) * n
-  skin_thick = geo.uniform(0.012, 0.022) * n
-  fascia_depth = geo.uniform(0.35, 0.6) * n
-  wave = _smooth_field(geo, 1, n, 3)[0] * 0.015 * n
-  fascia_y = fascia_depth + wave  # [n] depth of the deep fascia per column
-  fat_level = geo.uniform(0.18, 0.32)
-  muscle_level = geo.uniform(0.38, 0.55)
-
-  # Subcutaneous fat above the deep fascia, muscle below; each is computed only down (up) to where the
-  # smooth transition between them ends.
-  fat_rows = slice(0, min(int(np.ceil(fascia_y.max() + 0.04 * n)) + 1, n))
-  muscle_rows = slice(max(int(np.floor(fascia_y.min() - 0.04 * n)), 0), n)
-
-  # Fat lobules: flattened cells (stretched along the skin) separated by thin echogenic septa, which are
-  # drawn as the zero level lines of a smooth random field.
-  cells = geo.uniform(7, 12)
-  lobules = _smooth_field(geo, n, n, cells, 2.2 * cells, rows=fat_rows)
-  septa = np.exp(-((lobules / geo.uniform(0.1, 0.16)) ** 2))
-  fat = fat_level * (1.0 + 0.5 * np.tanh(lobules)) + geo.uniform(0.4, 0.8) * septa
-
-  # Muscle: perimysium as short, broken, oblique echogenic streaks, and a "starry" fibre-bundle texture.
-  stri_angle = geo.uniform(-0.5, 0.5)
-  period = geo.uniform(0.03, 0.06) * n
-  y_mus = ys[muscle_rows]
-  warp = _smooth_field(geo, n, n, 4, rows=muscle_rows) * 0.05 * n
-  phase = (y_mus * np.cos(stri_angle) + xs * np.sin(stri_angle) + warp) * (2 * np.pi / period)
-  # Lines at least ~1.5 px wide, and faded out where the period nears 2 px: no aliasing at small sizes.
-  sharpness = max(0.05, (2.2 / period) ** 2)
-  visible = np.clip((period - 2.5) / 3.0, 0.0, 1.0)
-  streaks = np.clip(_smooth_field(geo, n, n, 14, rows=muscle_rows), 0, 2) * visible
-  stripes = np.exp(-(np.sin(phase) ** 2) / sharpness) * streaks
-  bundles = _smooth_field(geo, n, n, 8, rows=muscle_rows).clip(-1.5, 1.5)
-  muscle = muscle_level * (0.8 + 0.2 * bundles) + 0.45 * stripes
-  muscle += 0.5 * _dots(noise_rng, n, density=geo.uniform(0.001, 0.003))[muscle_rows]
-
-  echo = np.empty((n, n), dtype=np.float32)
-  top, bottom = muscle_rows.start, fat_rows.stop  # the transition rows, computed in both
-  echo[:top] = fat[:top]
-  echo[bottom:] = muscle[bottom - top:]
-  blend = 0.5 + 0.5 * np.tanh((ys[top:bottom] - fascia_y[None, :]) / (0.008 * n))
-  echo[top:bottom] = fat[top:] * (1 - blend) + muscle[:bottom - top] * blend
-
-  def band(center, half_width):
-    return np.exp(-(((ys - center) / max(half_width, 0.6)) ** 2))
-
-  echo *= ys > skin  # gel above the skin is anechoic
-  echo += geo.uniform(0.9, 1.3) * band(skin + 0.5 * skin_thick, 0.5 * skin_thick)
-  echo += 0.35 * band(0.006 * n, 0.004 * n)  # transducer face / near-field reverberation
-  fascia_w = geo.uniform(0.004, 0.007) * n
-  echo += geo.uniform(0.7, 1.1) * np.exp(-(((ys - fascia_y[None, :]) / max(fascia_w, 0.6)) ** 2))
-  if geo.random() < 0.6:  # A faint superficial fascia inside the fat.
-    sup_y = skin + geo.uniform(0.35, 0.65) * (fascia_depth - skin) + _smooth_field(geo, 1, n, 3)[0] * 0.01 * n
-    echo += geo.uniform(0.25, 0.5) * np.exp(-(((ys - sup_y[None, :]) / max(0.6 * fascia_w, 0.6)) ** 2))
-
-  # Attenuation coefficients (per unit depth, relative): fluid hardly attenuates, bone blocks the beam.
-  mu = np.ones((n, n), dtype=np.float32)
-  if geo.random() < 0.35:  # A bone surface deep down: bright convex arc with a full shadow below.
-    xc, half = geo.uniform(0.2, 0.8) * n, geo.uniform(0.25, 0.5) * n
-    bone_y = geo.uniform(0.8, 0.92) * n + geo.uniform(0.05, 0.15) * n * ((xs - xc) / half) ** 2
-    extent = np.clip(1.5 - 1.5 * np.abs((xs - xc) / half) ** 2, 0, 1)  # soft lateral ends
-    echo += 1.6 * extent * np.exp(-(((ys - bone_y) / max(0.008 * n, 0.6)) ** 2))
-    mu += 40.0 * extent * (ys > bone_y)
-
-  # ---- Vessels ----
-  mask = np.zeros((n, n), dtype=np.uint8)
-  lumen_all = np.zeros((n, n), dtype=np.float32)
-  for vessel in _place_vessels(geo, n, skin + skin_thick, fascia_depth):
-    r = int(np.ceil(vessel.outer_radius)) + 2
-    y0, y1 = max(int(vessel.cy) - r, 0), min(int(vessel.cy) + r + 1, n)
-    x0, x1 = max(int(vessel.cx) - r, 0), min(int(vessel.cx) + r + 1, n)
-    dist, nx, ny = vessel.signed_distance(ys[y0:y1], xs[:, x0:x1])
-    lumen = np.clip(0.5 - dist, 0, 1)  # 1-pixel anti-aliased edge centred on the boundary
-    outer = np.clip(0.5 - (dist - vessel.wall), 0, 1)
-    wall = outer - lumen
-    if vessel.is_vein:
-      wall_echo = geo.uniform(1.0, 1.5) * (0.3 + 0.7 * ny**2)  # specular: brightest at top and bottom
-      lumen_echo = geo.uniform(0.015, 0.03)
-      if geo.random() < 0.35:  # slow flow: faint swirling "smoke" echoes fill the lumen
-        smoke = _smooth_field(geo, y1 - y0, x1 - x0, 3.0, 3.0)  # fixed grid: same draws at any size
-        lumen_echo = geo.uniform(0.15, 0.3) * fat_level * np.clip(1.0 + 0.5 * smoke, 0.2, 2.0)
-      mask[y0:y1, x0:x1] |= (dist < 0).astype(np.uint8)
-    else:
-      wall_echo = geo.uniform(1.0, 1.4) * (0.6 + 0.4 * ny**2)
-      lumen_echo = geo.uniform(0.015, 0.03)
-    sub = echo[y0:y1, x0:x1]
-    echo[y0:y1, x0:x1] = sub * (1 - outer) + wall * wall_echo + lumen * lumen_echo
-    lumen_all[y0:y1, x0:x1] = np.maximum(lumen_all[y0:y1, x0:x1], lumen)
-    # Refraction at the lateral edges: extra loss where the wall runs along the beam -> edge shadows below.
-    mu[y0:y1, x0:x1] += geo.uniform(1.0, 5.0) * wall * nx**8
-  mu -= 0.9 * lumen_all  # blood attenuates ~10x less than tissue -> posterior enhancement
-
-  # ---- Acoustics along each column: attenuation, TGC, speckle, noise, log compression ----
-  alpha = geo.uniform(2.0, 3.5)  # total tissue attenuation over the depth, nepers (amplitude)
-  tgc = alpha * geo.uniform(0.65, 1.0)  # the operator's gain compensates most of it
-  path = np.cumsum(mu, axis=0) / n
-  amplitude = echo * np.exp(-alpha * path + tgc * yn)
-  amplitude *= 1.0 - 0.25 * np.abs(xs / n - 0.5) ** 3  # slight lateral fall-off of the aperture
-  noise_level = geo.uniform(0.008, 0.016)
-  dynamic_range = geo.uniform(45.0, 60.0)  # dB shown between black and white
-  tissue_grey = geo.uniform(0.3, 0.6)  # where the operator's gain puts typical tissue (~0.4) on the screen
-  gamma = geo.uniform(0.85, 1.2)
-
-  # Received power: speckled echoes plus electronic noise amplified by the depth gain; log-compressed.
-  power = amplitude**2 * _speckle_intensity(noise_rng, n)
-  power += noise_rng.standard_exponential((n, n), dtype=np.float32) * (noise_level**2 * np.exp(2 * tgc * yn))
-  db = 10.0 * np.log10(power + 1e-12) - 20.0 * np.log10(0.4)
-  display = np.clip(db / dynamic_range + tissue_grey, 0.0, 1.0)
-  lut = np.round(255.0 * (np.arange(256) / 255.0) ** gamma).astype(np.uint8)  # contrast curve
-  image = lut[np.round(display * 255.0).astype(np.uint8)]
-  return image, mask
 
 
 def example_seed(split: str, index: int) -> Tuple[int, int]:
