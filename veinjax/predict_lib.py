@@ -7,7 +7,9 @@ OUTPUT/ afterwards holds:
   overlays/<frame>.png        the frame with the foreground classes blended over it
   probabilities/<frame>.npy   float32 [H, W, C] (with save_probabilities)
   predictions.csv             one row per frame and foreground class: frame, class, area_px, area_mm2
-  <clip>_overlay.mp4          for a clip: the overlays as a video
+  <clip>_overlay.mp4          for a clip: the overlays as a video, each tracked vessel labelled with its id
+  tracks.csv                  for a clip: every vessel track per frame (veinjax.analysis.tracking; a header
+                              alone = nothing was tracked)
 
 Every file is written whole (a temporary file renamed into place) and the CSV is flushed after each batch, so a run
 stopped midway leaves each finished frame intact and no half-written file.
@@ -26,6 +28,7 @@ from absl import logging
 from veinjax import frames as frames_lib
 from veinjax import inference
 from veinjax import viz
+from veinjax.analysis import tracking
 from veinjax.data import decode
 
 CSV_FIELDS = ("frame", "class", "area_px", "area_mm2")
@@ -74,19 +77,52 @@ def _csv_rows(name: str, mask: np.ndarray, num_labels: int, spacing_mm: float) -
           for c in range(1, num_labels)]
 
 
+def _label_tracks(overlays: list[np.ndarray], tracks: list[tracking.Track]) -> list[np.ndarray]:
+  """The overlays with each track's id written at its centroid in every frame it is in."""
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  labelled = []
+  for index, overlay in enumerate(overlays):
+    image = Image.fromarray(overlay)
+    draw = ImageDraw.Draw(image)
+    for trk in tracks:
+      point = trk.point_at(index)
+      if point is not None:
+        draw.text((point.centroid_x_px + 3, point.centroid_y_px - 5), str(trk.id),
+                  fill=(255, 255, 0) if not point.predicted else (160, 160, 160))
+    labelled.append(np.asarray(image))
+  return labelled
+
+
+def _write_clip_outputs(output_dir: str, source: frames_lib.FrameSource, masks: list[np.ndarray],
+                        overlays: list[np.ndarray], pixel_spacing_mm: float) -> tuple[str, str]:
+  """tracks.csv and the labelled overlay video of a clip; returns their paths."""
+  tracks = tracking.track(masks, pixel_spacing_mm=pixel_spacing_mm or None) if masks else []
+  tracks_path = os.path.join(output_dir, "tracks.csv")
+  rows = tracking.write_tracks_csv(tracks, tracks_path + ".tmp")
+  os.replace(tracks_path + ".tmp", tracks_path)
+  logging.info("Tracked %d vessel(s) over %d frames (%d rows) -> %s", len(tracks), len(masks), rows, tracks_path)
+  stem = os.path.splitext(os.path.basename(source.path))[0]
+  video = frames_lib.VideoWriter(os.path.join(output_dir, f"{stem}_overlay.mp4"), source.fps)
+  for frame in _label_tracks(overlays, tracks):
+    video.add(frame)
+  video.close()
+  return tracks_path, video.path
+
+
 def predict_to_dir(predictor: inference.Predictor, source: frames_lib.FrameSource, output_dir: str, *,
                    save_probabilities: bool = False, pixel_spacing_mm: float = 0.0,
                    log_every: int = 50) -> dict:
   """Predicts every frame of `source` into `output_dir` (see the module docstring); returns a summary:
-  {"frames", "skipped", "seconds", "frames_per_second", "csv", "video"}."""
+  {"frames", "skipped", "seconds", "frames_per_second", "csv", "video", "tracks"}.
+
+  A clip's masks and overlays are kept in memory for the tracker and the video (about 4 bytes per pixel
+  and frame).
+  """
   if pixel_spacing_mm < 0:
     raise ValueError(f"--pixel_spacing_mm={pixel_spacing_mm} must be >= 0 (0 = pixels only).")
   dirs = prepare_output_dir(output_dir, save_probabilities)
   csv_path = os.path.join(output_dir, "predictions.csv")
-  video = None
-  if source.is_clip:
-    video = frames_lib.VideoWriter(os.path.join(output_dir, f"{os.path.splitext(os.path.basename(source.path))[0]}"
-                                                            "_overlay.mp4"), source.fps)
+  clip_masks, clip_overlays = [], []
   done, start = 0, time.perf_counter()
   with open(csv_path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
@@ -100,19 +136,21 @@ def predict_to_dir(predictor: inference.Predictor, source: frames_lib.FrameSourc
         if save_probabilities:
           _save_npy(os.path.join(dirs["probabilities"], f"{name}.npy"), result.probabilities)
         writer.writerows(_csv_rows(name, result.mask, predictor.num_labels, pixel_spacing_mm))
-        if video is not None:
-          video.add(overlay)
+        if source.is_clip:
+          clip_masks.append(result.mask)
+          clip_overlays.append(overlay)
       f.flush()
       done += len(batch)
       if done % log_every < len(batch):
         rate = done / max(time.perf_counter() - start, 1e-9)
         logging.info("%d frames (%.1f frames/s)", done, rate)
-  if video is not None:
-    video.close()
   seconds = time.perf_counter() - start
+  tracks_path = video_path = None
+  if source.is_clip:
+    tracks_path, video_path = _write_clip_outputs(output_dir, source, clip_masks, clip_overlays, pixel_spacing_mm)
   summary = {"frames": done, "skipped": list(source.skipped), "seconds": seconds,
              "frames_per_second": done / seconds if seconds > 0 else float("nan"), "csv": csv_path,
-             "video": video.path if video is not None else None}
+             "video": video_path, "tracks": tracks_path}
   logging.info("Predicted %d frames in %.1f s (%.1f frames/s)%s into %s.", done, seconds,
                summary["frames_per_second"],
                f"; skipped {len(source.skipped)} unreadable file(s)" if source.skipped else "", output_dir)
