@@ -160,10 +160,18 @@ class Predictor:
     self.config, self.batch_size, self.tta = config, int(batch_size), tuple(tta)
     self.postprocess = postprocess or postprocess_lib.PostProcess()
     self.num_labels = metrics_lib.num_labels_for_classes(config.num_classes)
-    models = [m for m, _ in members]
+    self._models = [m for m, _ in members]
     self._variables = [jax.device_put(v) for _, v in members]
-    self._forward = jax.jit(lambda variables, images: forward_probabilities(
-        list(zip(models, variables)), images, self.tta))
+    models, tta = self._models, self.tta
+    self._forward = jax.jit(lambda variables, images: forward_probabilities(list(zip(models, variables)), images,
+                                                                           tta))
+
+  def with_options(self, *, tta: Sequence[str] | None = None,
+                   postprocess: postprocess_lib.PostProcess | None = None) -> "Predictor":
+    """The same members with other TTA views or post-processing (the forward pass compiles anew for TTA)."""
+    return Predictor(list(zip(self._models, self._variables)), self.config, batch_size=self.batch_size,
+                     tta=self.tta if tta is None else tta,
+                     postprocess=self.postprocess if postprocess is None else postprocess)
 
   @classmethod
   def from_workdir(cls, workdir: str, checkpoint: str = "best", **kwargs) -> "Predictor":
@@ -207,16 +215,19 @@ class Predictor:
       out.append(np.asarray(self.forward(jnp.asarray(padded)))[:len(batch)])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
-  def predict(self, frames: Iterable[np.ndarray]) -> list[FramePrediction]:
-    """Probabilities and masks of each frame at its own size (frames may differ in size and channels)."""
-    frames = list(frames)
+  def frame_probabilities(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Probabilities [H, W, C] of each frame, mapped back onto the frame (see the module docstring)."""
     if not frames:
       return []
     images = np.stack([self.preprocess(f) for f in frames])
-    results = []
-    for frame, probs in zip(frames, self.model_size_probabilities(images)):
-      height, width = np.asarray(frame).shape[:2]
-      full = to_frame(probs, height, width, self.config.resize_method)
-      mask = postprocess_lib.postprocess(_class_mask(full), self.num_labels, self.postprocess)
-      results.append(FramePrediction(probabilities=full, mask=mask))
-    return results
+    return [to_frame(probs, *np.asarray(frame).shape[:2], self.config.resize_method)
+            for frame, probs in zip(frames, self.model_size_probabilities(images))]
+
+  def mask(self, probabilities: np.ndarray, postprocess: postprocess_lib.PostProcess | None = None) -> np.ndarray:
+    """The class mask [H, W] of a frame's probabilities, post-processed (default: this predictor's steps)."""
+    steps_ = self.postprocess if postprocess is None else postprocess
+    return postprocess_lib.postprocess(_class_mask(probabilities), self.num_labels, steps_)
+
+  def predict(self, frames: Iterable[np.ndarray]) -> list[FramePrediction]:
+    """Probabilities and masks of each frame at its own size (frames may differ in size and channels)."""
+    return [FramePrediction(probabilities=p, mask=self.mask(p)) for p in self.frame_probabilities(list(frames))]
