@@ -42,9 +42,7 @@ frames. Both depend on the machine and on what else runs on it.
 
 import dataclasses
 import math
-import sys
 import time
-from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
 from absl import app
@@ -52,14 +50,9 @@ from absl import flags
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-try:
-  import veinjax  # noqa: F401  pylint: disable=unused-import
-except ImportError:  # run from a checkout without installing the package
-  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from veinjax.analysis import geometry  # noqa: E402  pylint: disable=g-import-not-at-top
-from veinjax.analysis import tracking  # noqa: E402  pylint: disable=g-import-not-at-top
-from veinjax.data import phantom_clips  # noqa: E402  pylint: disable=g-import-not-at-top
+from veinjax.analysis import geometry
+from veinjax.analysis import tracking
+from veinjax.data import phantom_clips
 
 _NUM_CLIPS = flags.DEFINE_integer("num_clips", 20, "Phantom clips (test-split clip seeds 0..N-1).")
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", 100, "Frames per clip.")
@@ -69,6 +62,8 @@ _THRESHOLD = flags.DEFINE_float("threshold", 0.5, "Compressible when min / max a
 _MIN_HITS = flags.DEFINE_integer("min_hits", 3, "Track birth after this many consecutive detections.")
 _MAX_MISSED = flags.DEFINE_integer("max_missed", 10, "Track death after more missed frames than this.")
 _DROP_RATE = flags.DEFINE_float("drop_rate", 0.2, "Last rows: chance that a vessel is left out of a frame.")
+_WORKDIR = flags.DEFINE_string("workdir", "", "Also track a trained run's predicted vein masks (a train.py "
+                               "workdir, e.g. trained on phantom frames); empty = ground-truth rows only.")
 
 
 def benchmark_clips(num_clips: int, num_frames: int, size: int, sweeps: int = 1,
@@ -223,6 +218,23 @@ def format_table(results: Sequence[Dict[str, object]]) -> str:
   return "\n".join(lines)
 
 
+def model_rows(workdir: str, options: Dict[str, object]) -> List[Dict[str, object]]:
+  """The model's predicted vein masks (Predictor, at the clip's own size) through both trackers."""
+  from veinjax import inference  # pylint: disable=g-import-not-at-top  (JAX and, for preprocessing, TensorFlow)
+  clips = benchmark_clips(_NUM_CLIPS.value, _NUM_FRAMES.value, _SIZE.value, _SWEEPS.value, render_frames=True)
+  predictor = inference.Predictor.from_workdir(workdir, batch_size=8)
+  start = time.perf_counter()
+  predicted = [np.stack([p.mask for p in predictor.predict(list(clip.frames))]) for clip in clips]
+  seconds = time.perf_counter() - start
+  frames = sum(len(c.frames) for c in clips)
+  dice = [2 * np.logical_and(p > 0, c.masks > 0).sum() / max((p > 0).sum() + (c.masks > 0).sum(), 1)
+          for p, c in zip(predicted, clips)]
+  print(f"model {workdir}: {frames} frames segmented in {seconds:.1f} s; vein Dice over the clips "
+        f"{np.mean(dice):.3f} (min {np.min(dice):.3f})")
+  return [evaluate_tracker(predicted, clips, tracker, kinds=("vein",), name=f"{name}, model vein masks", **options)
+          for name, tracker in (("kalman", tracking.track), ("nearest", tracking.track_nearest))]
+
+
 def main(argv):
   del argv
   clips = benchmark_clips(_NUM_CLIPS.value, _NUM_FRAMES.value, _SIZE.value, _SWEEPS.value)
@@ -237,6 +249,8 @@ def main(argv):
     for tracker_name, tracker in (("kalman", tracking.track), ("nearest", tracking.track_nearest)):
       results.append(evaluate_tracker(masks, clips, tracker, kinds=kinds, name=f"{tracker_name}, {label}",
                                       **options))
+  if _WORKDIR.value:
+    results += model_rows(_WORKDIR.value, options)
   print(f"{_NUM_CLIPS.value} phantom clips x {_NUM_FRAMES.value} frames, {_SIZE.value}x{_SIZE.value}, "
         f"{_SWEEPS.value} compression sweep(s) each; threshold {_THRESHOLD.value}, min_hits {_MIN_HITS.value}, "
         f"max_missed {_MAX_MISSED.value}")
