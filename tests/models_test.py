@@ -17,22 +17,41 @@ import pytest
 
 from veinjax import models
 from veinjax.models import cost
+from veinjax.models import mobilenet
 
 jax.config.update("jax_disable_most_optimizations", True)
 
 # Parameters only (weights, biases, BN scale and bias; not BN running statistics), 1 input channel,
-# 1 class. resnet34_unet equals smp.Unet("resnet34", in_channels=1, classes=1); resnet18 / resnet50
-# equal the smp counts too (14,328,209 and 32,521,105 with 3 input channels, minus 64*2*49 = 6,272).
+# 1 class; encoder None: a fixed-encoder model. resnet34_unet equals smp.Unet("resnet34", in_channels=1,
+# classes=1); resnet18 / resnet50 equal the smp counts too (14,328,209 and 32,521,105 with 3 input
+# channels, minus 64*2*49 = 6,272). The MobileNetV3 encoders are torchvision's `features` (926,720 and
+# 2,971,664, see test_mobilenetv3_encoders_match_torchvision); encoder_unet on them adds smp's U-Net
+# decoder by its arithmetic (per block (in + skip)*9*out + out*9*out + 4*out, skips 48-24-16-16 /
+# 112-40-24-16, head 16*9 + 1), as smp.Unet("timm-mobilenetv3_small_100" / "_large_100") would have.
+# deeplabv3plus on MobileNetV3, light_unet and ultralight_unet are this repository's own designs: pins.
 PINNED_PARAMS = {
     ("resnet34_unet", "resnet34"): 24_430_097,
     ("resnet34_unet", "resnet18"): 14_321_937,
     ("resnet34_unet", "resnet50"): 32_514_833,
-    ("unet", "resnet34"): 31_035_521,
-    ("fcn8s", "resnet34"): 134_276_675,
+    ("unet", None): 31_035_521,
+    ("fcn8s", None): 134_276_675,
     ("deeplabv3plus", "resnet34"): 26_704_929,
     ("deeplabv3plus", "resnet18"): 16_596_769,
     ("deeplabv3plus", "resnet50"): 40_340_769,
+    ("deeplabv3plus", "mobilenetv3_small"): 6_826_081,
+    ("deeplabv3plus", "mobilenetv3_large"): 11_722_225,
+    ("encoder_unet", "resnet34"): 24_430_097,  # The same network as resnet34_unet.
+    ("encoder_unet", "mobilenetv3_small"): 926_720 + 2_658_641,
+    ("encoder_unet", "mobilenetv3_large"): 2_971_664 + 3_713_873,
+    ("light_unet", "mobilenetv3_small"): 926_720 + 53_633,
+    ("light_unet", "mobilenetv3_large"): 3_059_865,
+    ("light_unet", "resnet34"): 21_350_281,
+    ("ultralight_unet", None): 172_065,
 }
+
+# The encoder each model runs the shared suite with (None: its default). encoder_unet's default is
+# resnet34_unet's network, so the suite runs it on the large MobileNetV3 instead.
+SUITE_ENCODERS = {"encoder_unet": "mobilenetv3_large"}
 
 BATCH = 2  # >= 2: DeepLab's image-pooling BatchNorm needs more than one value per channel in training.
 BASE_SHAPE = (BATCH, 32, 32, 1)
@@ -42,9 +61,13 @@ def _input(shape, seed=0):
   return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
 
 
+def _create(name, **kwargs):
+  return models.create_model(name, encoder=SUITE_ENCODERS.get(name), **kwargs)
+
+
 @functools.lru_cache(maxsize=None)
 def _model(name, dtype=jnp.float32, num_classes=1):
-  return models.create_model(name, num_classes=num_classes, dtype=dtype)
+  return _create(name, num_classes=num_classes, dtype=dtype)
 
 
 def _init_shapes(model, shape):
@@ -210,7 +233,7 @@ def test_bfloat16_computes_in_bf16_with_float32_params_and_logits(name):
   assert np.corrcoef(np.ravel(logits), np.ravel(reference))[0, 1] > 0.98
 
 
-@pytest.mark.parametrize(("model_name", "encoder"), sorted(PINNED_PARAMS))
+@pytest.mark.parametrize(("model_name", "encoder"), sorted(PINNED_PARAMS, key=str))
 def test_pinned_parameter_count(model_name, encoder):
   shapes = _init_shapes(models.create_model(model_name, encoder=encoder), (1, 64, 64, 1))
   assert models.count_params(shapes["params"]) == PINNED_PARAMS[(model_name, encoder)]
@@ -230,20 +253,24 @@ def test_models_import_without_tensorflow():
 
 
 def test_unknown_model_lists_the_choices():
-  with pytest.raises(ValueError, match="valid models: resnet34_unet, unet, fcn8s, deeplabv3plus"):
+  every = "resnet34_unet, unet, fcn8s, deeplabv3plus, encoder_unet, light_unet, ultralight_unet$"
+  with pytest.raises(ValueError, match="valid models: " + every):
     models.create_model("segnet")
 
 
 def test_unknown_encoder_lists_the_choices():
-  with pytest.raises(ValueError, match="valid encoders: resnet18, resnet34, resnet50"):
+  with pytest.raises(ValueError, match="valid encoders: resnet18, resnet34, resnet50, mobilenetv3_small, "
+                                       "mobilenetv3_large$"):
     models.create_model("resnet34_unet", encoder="resnet101")
 
 
-@pytest.mark.parametrize("fixed", ["unet", "fcn8s"])
+@pytest.mark.parametrize("fixed", ["unet", "fcn8s", "ultralight_unet"])
 def test_encoder_choice_on_a_fixed_encoder_model_is_an_error(fixed):
-  with pytest.raises(ValueError, match="applies only to resnet34_unet, deeplabv3plus"):
-    models.create_model(fixed, encoder="resnet50")
+  only = "applies only to resnet34_unet, deeplabv3plus, encoder_unet, light_unet$"
+  with pytest.raises(ValueError, match=only):
+    models.create_model(fixed, encoder="mobilenetv3_small")
   assert models.create_model(fixed, encoder=models.DEFAULT_ENCODER) is not None
+  assert models.create_model(fixed) is not None
 
 
 @pytest.mark.parametrize("num_classes", [0, 1.5, True])
@@ -255,6 +282,47 @@ def test_bad_num_classes(num_classes):
 def test_encoder_kwarg_changes_the_encoder():
   shapes = _init_shapes(models.create_model("resnet34_unet", encoder="resnet50"), (1, 32, 32, 1))
   assert "conv3" in shapes["params"]["encoder"]["layer1_0"]  # A Bottleneck block.
+
+
+def test_default_encoders():
+  """light_unet defaults to the small MobileNetV3; encoder_unet without an encoder is resnet34_unet."""
+  light = _init_shapes(models.create_model("light_unet"), (1, 32, 32, 1))
+  assert "se" in light["params"]["encoder"]["block0"]  # MobileNetV3-small's first block has SE.
+  plain = _init_shapes(models.create_model("encoder_unet"), (1, 32, 32, 1))
+  paper = _init_shapes(models.create_model("resnet34_unet"), (1, 32, 32, 1))
+  assert jax.tree.structure(plain) == jax.tree.structure(paper)
+
+
+@pytest.mark.parametrize("encoder", models.ENCODER_NAMES)
+def test_every_model_with_an_encoder_takes_every_encoder(encoder):
+  x = jax.ShapeDtypeStruct((1, 64, 96, 1), jnp.float32)
+  for model_name in sorted(models.DEFAULT_ENCODERS):
+    model = models.create_model(model_name, encoder=encoder)
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+    logits = jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
+    assert logits.shape == (1, 64, 96, 1) and logits.dtype == jnp.float32, model_name
+
+
+# torchvision's published totals (mobilenet_v3_small / _large, 3 input channels) minus the classifier
+# (Linear 576 -> 1024 -> 1000, Linear 960 -> 1280 -> 1000).
+_TORCHVISION_FEATURES = {
+    "mobilenetv3_small": 2_542_856 - (576 * 1024 + 1024 + 1024 * 1000 + 1000),
+    "mobilenetv3_large": 5_483_032 - (960 * 1280 + 1280 + 1280 * 1000 + 1000),
+}
+
+
+@pytest.mark.parametrize("encoder", sorted(_TORCHVISION_FEATURES))
+def test_mobilenetv3_encoders_match_torchvision(encoder):
+  for output_stride in (32, 16):
+    module = mobilenet.MOBILENET_ENCODERS[encoder](output_stride=output_stride)
+    shape = (1, 64, 64, 3)
+    features, variables = jax.eval_shape(
+        lambda x, m=module: m.init_with_output(jax.random.key(0), x, train=False), jnp.zeros(shape))
+    assert models.count_params(variables["params"]) == _TORCHVISION_FEATURES[encoder]
+    assert tuple(f.shape[-1] for f in features) == module.out_channels
+    assert tuple(shape[1] // f.shape[1] for f in features) == module.reductions
+  assert mobilenet.MOBILENET_ENCODERS[encoder]().reductions == (2, 4, 8, 16, 32)
+  assert module.reductions == (2, 4, 8, 16, 16)  # output_stride 16: the last stage dilated.
 
 
 def test_bn_axis_name_reaches_every_batchnorm(name):
@@ -271,7 +339,7 @@ def test_bn_axis_name_reaches_every_batchnorm(name):
     jaxpr = jax.make_jaxpr(jax.vmap(apply, in_axes=(None, 0), axis_name="batch"))(shapes, x)
     return len(re.findall(r"\bpsum\w*\[", str(jaxpr)))
 
-  with_axis = models.create_model(name, bn_axis_name="batch")
+  with_axis = _create(name, bn_axis_name="batch")
   assert count_cross_replica_reductions(with_axis) >= num_batchnorms
   assert count_cross_replica_reductions(_model(name)) == 0
 
@@ -289,6 +357,6 @@ def test_cost_reads_both_cost_analysis_formats_and_scales_with_pixels():
   assert cost.flops_of(Compiled([{"flops": 2.0}, {"flops": 4.0}])) == 6.0  # Older: a list.
   small = cost.measure("unet", "resnet34", size=32, in_channels=1, num_classes=1, batch=1)
   large = cost.measure("unet", "resnet34", size=64, in_channels=1, num_classes=1, batch=1)
-  assert small["params"] == large["params"] == PINNED_PARAMS[("unet", "resnet34")]
+  assert small["params"] == large["params"] == PINNED_PARAMS[("unet", None)]
   # Convolutions dominate and scale with the pixel count (a little more than 4x: less zero padding).
   assert 4.0 <= large["gflops"] / small["gflops"] < 4.6

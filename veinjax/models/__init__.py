@@ -7,12 +7,22 @@
 
 `x` is NHWC float with any channel count (1 grayscale, 3 RGB) and H, W divisible by 32.
 
-| name            | architecture                                                           |
-|-----------------|------------------------------------------------------------------------|
-| `resnet34_unet` | the paper's model: U-Net decoder (smp `Unet`) on a ResNet (`encoder`)  |
-| `unet`          | original U-Net (Ronneberger 2015), same padding, BatchNorm             |
-| `fcn8s`         | FCN-8s (Long 2015) on VGG-16 with BatchNorm                            |
-| `deeplabv3plus` | DeepLab v3+ (Chen 2018) on a ResNet (`encoder`), output stride 16      |
+| name              | default `encoder`   | architecture                                                    |
+|-------------------|---------------------|-----------------------------------------------------------------|
+| `resnet34_unet`   | resnet34            | the paper's model: the U-Net decoder of smp `Unet` on `encoder` |
+| `unet`            | (its own)           | original U-Net (Ronneberger 2015), same padding, BatchNorm      |
+| `fcn8s`           | (its own: VGG-16)   | FCN-8s (Long 2015) on VGG-16 with BatchNorm                     |
+| `deeplabv3plus`   | resnet34            | DeepLab v3+ (Chen 2018) on `encoder`, output stride 16          |
+| `encoder_unet`    | resnet34            | the same U-Net decoder on any `encoder`, under an honest name:  |
+|                   |                     | `create_model("encoder_unet", encoder="mobilenetv3_small")`     |
+| `light_unet`      | mobilenetv3_small   | light decoder for real time: one depthwise-separable conv per   |
+|                   |                     | block, 64-32-24-16 channels, stride-2 logits upsampled          |
+| `ultralight_unet` | (its own)           | 0.17M parameters: a narrow MobileNetV3-style encoder under the  |
+|                   |                     | light decoder (48-24-16), stride-4 logits upsampled             |
+
+Encoders (`ENCODER_NAMES`; any of them under any model with an `encoder`): `resnet18`, `resnet34`,
+`resnet50` (torchvision's ResNets), `mobilenetv3_small`, `mobilenetv3_large` (torchvision's MobileNetV3
+`features`). `resnet34_unet` and `encoder_unet` are one network; the first name is the paper's and stays.
 
 Models import without TensorFlow.
 """
@@ -27,20 +37,33 @@ import jax.numpy as jnp
 
 from veinjax.models import deeplab
 from veinjax.models import fcn
+from veinjax.models import light_decoder
+from veinjax.models import mobilenet
 from veinjax.models import resnet
+from veinjax.models import ultralight
 from veinjax.models import unet
 from veinjax.models.layers import check_input_size
 from veinjax.models.layers import count_params
 
-MODEL_NAMES = ("resnet34_unet", "unet", "fcn8s", "deeplabv3plus")
-ENCODER_NAMES = tuple(resnet.RESNET_ENCODERS)
+MODEL_NAMES = (
+    "resnet34_unet", "unet", "fcn8s", "deeplabv3plus", "encoder_unet", "light_unet", "ultralight_unet"
+)
+_ENCODERS = {**resnet.RESNET_ENCODERS, **mobilenet.MOBILENET_ENCODERS}
+ENCODER_NAMES = tuple(_ENCODERS)
 DEFAULT_ENCODER = "resnet34"
-# Models with a fixed encoder (the `encoder` argument must stay the default), and what it is.
-FIXED_ENCODERS = {"unet": "U-Net contracting path", "fcn8s": "VGG-16 with BatchNorm"}
+# Models with a fixed encoder (`encoder` is None or DEFAULT_ENCODER, and ignored), and what it is.
+FIXED_ENCODERS = {
+    "unet": "U-Net contracting path",
+    "fcn8s": "VGG-16 with BatchNorm",
+    "ultralight_unet": "UltraLight (MobileNetV3-style, 8-128 channels)",
+}
 _ENCODER_MODELS = tuple(name for name in MODEL_NAMES if name not in FIXED_ENCODERS)
+# The encoder of each model with an `encoder` when none is given.
+DEFAULT_ENCODERS = {name: DEFAULT_ENCODER for name in _ENCODER_MODELS} | {"light_unet": "mobilenetv3_small"}
 
 __all__ = [
     "DEFAULT_ENCODER",
+    "DEFAULT_ENCODERS",
     "ENCODER_NAMES",
     "FIXED_ENCODERS",
     "MODEL_NAMES",
@@ -54,7 +77,7 @@ def create_model(
     name: str,
     *,
     num_classes: int = 1,
-    encoder: str = DEFAULT_ENCODER,
+    encoder: str | None = None,
     dtype: Any = jnp.float32,
     bn_axis_name: str | None = None,
 ) -> nn.Module:
@@ -63,9 +86,11 @@ def create_model(
   Args:
     name: one of `MODEL_NAMES`.
     num_classes: logits per pixel; 1 = one sigmoid "vein" logit, > 1 = softmax over classes.
-    encoder: one of `ENCODER_NAMES`, for `resnet34_unet` and `deeplabv3plus` (the name
-      `resnet34_unet` is the paper's model; with `encoder="resnet50"` it is a ResNet50-UNet). `unet` and
-      `fcn8s` have their own fixed encoders and accept only the default value.
+    encoder: one of `ENCODER_NAMES`, for the models not in `FIXED_ENCODERS`; None: the model's
+      `DEFAULT_ENCODERS` entry (resnet34; mobilenetv3_small for `light_unet`). (The name `resnet34_unet`
+      is the paper's model; with `encoder="resnet50"` it is a ResNet50-UNet, better asked for as
+      `encoder_unet`.) `unet`, `fcn8s` and `ultralight_unet` have their own fixed encoders and accept
+      only None or `DEFAULT_ENCODER`, which they ignore.
     dtype: computation dtype (e.g. jnp.bfloat16); parameters and returned logits stay float32.
     bn_axis_name: pmap / shard_map axis name over which BatchNorm averages its batch statistics.
 
@@ -78,9 +103,9 @@ def create_model(
   """
   if name not in MODEL_NAMES:
     raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}")
-  if encoder not in ENCODER_NAMES:
+  if encoder is not None and encoder not in ENCODER_NAMES:
     raise ValueError(f"unknown encoder {encoder!r}; valid encoders: {', '.join(ENCODER_NAMES)}")
-  if name not in _ENCODER_MODELS and encoder != DEFAULT_ENCODER:
+  if name not in _ENCODER_MODELS and encoder not in (None, DEFAULT_ENCODER):
     raise ValueError(
         f"model {name!r} has a fixed encoder ({FIXED_ENCODERS[name]}); encoder={encoder!r} applies only "
         f"to {', '.join(_ENCODER_MODELS)}"
@@ -89,11 +114,15 @@ def create_model(
     raise ValueError(f"num_classes must be an integer >= 1 (1 = one sigmoid logit), got {num_classes!r}")
   dtype = jnp.dtype(dtype)
   common = dict(num_classes=int(num_classes), dtype=dtype, bn_axis_name=bn_axis_name)
-  encoder_cls = resnet.RESNET_ENCODERS[encoder]
-  if name == "resnet34_unet":
-    return unet.EncoderUNet(encoder=encoder_cls, **common)
   if name == "unet":
     return unet.UNet(**common)
   if name == "fcn8s":
     return fcn.FCN8s(**common)
+  if name == "ultralight_unet":
+    return ultralight.UltraLightUNet(**common)
+  encoder_cls = _ENCODERS[encoder or DEFAULT_ENCODERS[name]]
+  if name in ("resnet34_unet", "encoder_unet"):
+    return unet.EncoderUNet(encoder=encoder_cls, **common)
+  if name == "light_unet":
+    return light_decoder.LightUNet(encoder=encoder_cls, **common)
   return deeplab.DeepLabV3Plus(encoder=encoder_cls, **common)
