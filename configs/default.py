@@ -19,6 +19,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.encoder = "resnet34"  # resnet18 | resnet34 | resnet50 (ResNet-based models only)
   config.num_classes = 1  # 1 = one sigmoid "vein" logit; > 1 = softmax over classes (background first)
 
+  # ---- Initialisation of a fresh run (veinjax.initialization; a resumed run ignores these) ----
+  # A .safetensors / .npz torchvision or timm ResNet state dict for the encoder (ResNet encoders only; a .pth
+  # converts with `python -m veinjax.tools.convert_weights IN.pth OUT.safetensors`); "" = random init.
+  config.encoder_weights = ""
+  # A veinjax workdir to start from (fine-tuning): same model, encoder, in_channels; num_classes may differ
+  # (the head is then re-initialised). Fresh optimizer, step 0. "" = none; not together with encoder_weights.
+  config.init_from = ""
+  config.init_from_checkpoint = "best"  # best | latest: which checkpoint of init_from
+  config.init_from_scope = "all"  # all | encoder (only params/batch_stats under 'encoder' are copied)
+
   # ---- Data (veinjax.data) ----
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "vein_phantom"  # vein_phantom | folder | usgra_seg
@@ -45,6 +55,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.image_size = 512  # model input H = W; must be divisible by 32
   config.resize_method = "resize"  # resize | letterbox | crop
   config.in_channels = 1  # 1 = the paper's 8-bit grayscale; 3 = RGB
+  # Input normalisation after the [0, 1] conversion (and after augmentation): (x - mean) / std, one value per
+  # input channel, e.g. --config.input_mean="(0.449,)"; empty = the plain [0, 1] input. Filled automatically
+  # when empty: ImageNet's with encoder_weights (gray: mean 0.4488, std 0.2260), the source run's with
+  # init_from. config.json records it, so eval.py and inference apply the same.
+  config.input_mean = ()
+  config.input_std = ()
 
   config.augment = ml_collections.ConfigDict()
   config.augment.enabled = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from veinjax import initialization
 from veinjax import losses
 from veinjax import metrics as metrics_lib
 from veinjax import models
@@ -35,8 +36,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   steps.create_optimizer(config, steps.create_learning_rate_fn(config, steps_per_epoch=1))
   steps.check_choice(config.eval_split, EVAL_SPLITS, "--config.eval_split")
   parallel.check_mode(config.parallelism)
-  from veinjax.data import sources  # pylint: disable=g-import-not-at-top  (TensorFlow, needed to train anyway)
+  initialization.check_config(config)  # encoder_weights / init_from (their files: when a fresh run reads them)
+  from veinjax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow, needed to train anyway)
+  from veinjax.data import sources  # pylint: disable=g-import-not-at-top
   sources.get_source(config)
+  pipeline.input_normalization(config)  # input_mean / input_std
   models.check_input_size(config.image_size, config.image_size)
   for flag in _POSITIVE_FIELDS:
     if int(config[flag]) < 1:

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from veinjax import config_checks
+from veinjax import initialization
 from veinjax import metrics as metrics_lib
 from veinjax import parallel
 from veinjax import steps
@@ -42,9 +43,10 @@ def evaluate_split(config, par: parallel.DataParallel, p_eval_step: Callable, va
 
   `variables` are in the layout `par` expects (replicated). HD95 is measured on the host per image.
   `on_example(image, label, prediction, id)` is called for each real example of this process, in order
-  (on many hosts: process 0's own examples only).
+  (on many hosts: process 0's own examples only), with the image on [0, 1] (any input normalisation undone).
   """
   from veinjax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  normalization = pipeline.input_normalization(config)
   ds = pipeline.create_eval_dataset(config, split, process_index=jax.process_index(),
                                     process_count=jax.process_count())
   accumulator = metrics_lib.MetricsAccumulator(config.num_classes, config.pixel_spacing_mm)
@@ -62,7 +64,10 @@ def evaluate_split(config, par: parallel.DataParallel, p_eval_step: Callable, va
     if on_example is None or jax.process_count() > 1:
       continue  # pictures come from process 0's own examples only
     for i in np.flatnonzero(valid):
-      on_example(host_batch["image"][i], label[i], pred[i], host_batch["id"][i])
+      image = host_batch["image"][i]
+      if normalization is not None:  # back to [0, 1] for the pictures
+        image = image * np.asarray(normalization[1], np.float32) + np.asarray(normalization[0], np.float32)
+      on_example(image, label[i], pred[i], host_batch["id"][i])
   result = accumulator.result()
   result["loss"] = loss_sum / count if count else float("nan")
   return result
@@ -122,6 +127,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
   config_checks.validate_config(config)
   steps.check_choice(split, SPLITS, "--split")
   workdir = os.path.abspath(workdir)
+  # The checkpoint is evaluated on inputs normalised as in its training (the run's config.json).
+  config = initialization.with_recorded_normalization(config, workdir)
   par = parallel.DataParallel(config.parallelism)
   par.check_batch_size(config.eval_batch_size, "--config.eval_batch_size")
   model = steps.create_model(config, bn_axis_name=par.axis_name)

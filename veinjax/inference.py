@@ -36,7 +36,7 @@ from veinjax import workdir as workdir_lib
 
 TTA_CHOICES = ("hflip",)
 # Fields every member of an ensemble must share: the same input and the same outputs.
-_ENSEMBLE_FIELDS = ("image_size", "in_channels", "num_classes", "resize_method")
+_ENSEMBLE_FIELDS = ("image_size", "in_channels", "num_classes", "resize_method", "input_mean", "input_std")
 
 
 def load_for_inference(workdir: str, checkpoint: str = "best") -> tuple[flax.linen.Module, dict,
@@ -129,11 +129,17 @@ def to_frame(probabilities: np.ndarray, height: int, width: int, method: str) ->
   raise ValueError(f"Unknown resize method {method!r} (--config.resize_method).")
 
 
+def _normal(value):
+  """Config values as compared across runs: JSON lists and tuples alike, a missing field as empty."""
+  return tuple(value) if isinstance(value, (list, tuple)) else (() if value is None else value)
+
+
 def _check_ensemble(configs: Sequence[ml_collections.ConfigDict], names: Sequence[str]) -> None:
   first = configs[0]
   for config, name in zip(configs[1:], names[1:]):
-    differ = [f"{k}: {first[k]!r} in {names[0]} vs {config[k]!r} in {name}" for k in _ENSEMBLE_FIELDS
-              if first[k] != config[k]]
+    # .get: runs recorded before a field existed lack it (input_mean / input_std: no normalisation).
+    differ = [f"{k}: {first.get(k)!r} in {names[0]} vs {config.get(k)!r} in {name}" for k in _ENSEMBLE_FIELDS
+              if _normal(first.get(k)) != _normal(config.get(k))]
     if differ:
       raise ValueError(f"Runs of one ensemble must share {', '.join(_ENSEMBLE_FIELDS)}; they differ in "
                        f"{'; '.join(differ)}. Ensemble runs of the same recipe (e.g. the seeds of one compare run).")

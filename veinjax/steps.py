@@ -2,6 +2,7 @@
 
   model = create_model(config)                       # the config's Flax module
   state = create_train_state(config, model, lr_fn)   # TrainState with BatchNorm statistics
+  state = create_train_state(config, model, lr_fn, variables=initialization.initial_variables(config, model))
   p_train_step, p_eval_step = wrap_steps(config, par, model, lr_fn)   # under pmap or jit (veinjax.parallel)
 
 `train_step` and `eval_step` take `axis_name`: "batch" under pmap, None under jit; metrics leave a step as
@@ -116,15 +117,21 @@ def abstract_variables(model: flax.linen.Module, config) -> dict:
 
 
 def create_train_state(config, model: flax.linen.Module, learning_rate_fn: optax.Schedule,
-                       rng: jax.Array | None = None, abstract: bool = False) -> TrainState:
-  """A TrainState for `model`; `abstract=True` gives only its shapes (to restore into, without initialising)."""
+                       rng: jax.Array | None = None, abstract: bool = False,
+                       variables: Mapping[str, PyTree] | None = None) -> TrainState:
+  """A TrainState for `model` at step 0 with a fresh optimizer state; `abstract=True` gives only its shapes
+  (to restore into, without initialising).
+
+  `variables` ({'params', 'batch_stats'}) start the state instead of `init_variables(model, config, rng)`:
+  a fresh run passes `veinjax.initialization.initial_variables` (pretrained encoder, init_from).
+  """
   rng = jax.random.key(config.seed) if rng is None else rng
   tx = create_optimizer(config, learning_rate_fn)
 
   def make(rng):
-    variables = init_variables(model, config, rng)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables["batch_stats"])
+    init = init_variables(model, config, rng) if variables is None else variables
+    return TrainState.create(apply_fn=model.apply, params=init["params"], tx=tx,
+                             batch_stats=init["batch_stats"])
 
   return jax.eval_shape(make, rng) if abstract else make(rng)
 

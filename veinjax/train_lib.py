@@ -6,14 +6,16 @@ The pieces live elsewhere: the model, optimizer and steps in `veinjax.steps`, sp
 `veinjax.evaluation`, the run's files in `veinjax.workdir`, checkpoints in `veinjax.checkpoint`. A workdir
 holds:
 
-  config.json            the resolved config of the run
+  config.json            the resolved config of the run (with its input normalisation: input_mean, input_std)
   history.jsonl          one JSON object per evaluation (epoch, step, train_loss, val_loss, acc, miou, ...)
   tensorboard/           TensorBoard event files (curves and image panels)
   checkpoints/           the latest `keep_checkpoints` checkpoints (resume); see veinjax.checkpoint
   checkpoints_best/      the checkpoint with the best `best_metric` on `eval_split`
   eval/<split>_metrics.json, eval/<split>_predictions/   written by `veinjax.evaluation.evaluate`
 
-Running `train_and_evaluate` again on a workdir resumes from its latest checkpoint: the state, the position
+A fresh run starts from random variables, a pretrained ResNet encoder (`config.encoder_weights`) or another
+run (`config.init_from`), at step 0 with a fresh optimizer: see `veinjax.initialization`. Running
+`train_and_evaluate` again on a workdir resumes from its latest checkpoint: the state, the position
 in the (deterministic) input pipeline and the running statistics of a partly done epoch are restored, so the
 run ends exactly as an uninterrupted one would (tests/train_lib_test.py).
 """
@@ -34,6 +36,7 @@ from absl import logging
 
 from veinjax import checkpoint as checkpoint_lib
 from veinjax import evaluation
+from veinjax import initialization
 from veinjax import metrics as metrics_lib
 from veinjax import models
 from veinjax import parallel
@@ -96,17 +99,28 @@ def _check_data(config, process_count: int) -> int:
 
 
 def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
+  """The run's fixed parts. Its config is the caller's with the input normalisation resolved: on a fresh
+  start from encoder_weights / init_from (whose files are checked here, before the data is prepared), on a
+  resumed run the one its config.json records."""
   par = parallel.DataParallel(config.parallelism)
   par.check_batch_size(config.batch_size)
   par.check_batch_size(config.eval_batch_size, "--config.eval_batch_size")
-  steps_per_epoch = _check_data(config, jax.process_count())
-  learning_rate_fn = steps.create_learning_rate_fn(config, steps_per_epoch)
-  model = steps.create_model(config, bn_axis_name=par.axis_name)
+  checkpoints = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric)
+  try:
+    if checkpoints.latest_step() is None:
+      initialization.check_sources(config)
+      config = initialization.with_input_normalization(config)
+    else:
+      config = initialization.with_recorded_normalization(config, workdir)
+    steps_per_epoch = _check_data(config, jax.process_count())
+    learning_rate_fn = steps.create_learning_rate_fn(config, steps_per_epoch)
+    model = steps.create_model(config, bn_axis_name=par.axis_name)
+  except BaseException:
+    checkpoints.close()
+    raise
   return _Run(config=config, workdir=workdir, par=par, steps_per_epoch=steps_per_epoch,
               num_labels=metrics_lib.num_labels_for_classes(config.num_classes),
-              learning_rate_fn=learning_rate_fn, model=model,
-              checkpoints=checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
-                                                     best_metric=config.best_metric))
+              learning_rate_fn=learning_rate_fn, model=model, checkpoints=checkpoints)
 
 
 def _restore_or_init(run: _Run) -> tuple[steps.TrainState, _Progress]:
@@ -131,8 +145,14 @@ def _restore_or_init(run: _Run) -> tuple[steps.TrainState, _Progress]:
     else:
       logging.info("Resuming from %s at step %d (epoch %d, step %d of it).", checkpoints.step_dir("latest"),
                    meta["step"], meta["epoch"] + 1, meta["step_in_epoch"])
+    ignored = [f for f in ("encoder_weights", "init_from") if config.get(f, "")]
+    if ignored:
+      logging.info("Resumed from the checkpoint: %s apply to a fresh start only (ignored).",
+                   " and ".join(f"--config.{f}" for f in ignored))
   else:
-    host_state = steps.create_train_state(config, run.model, run.learning_rate_fn)
+    # A fresh start: random, or from encoder_weights / init_from; step 0 and a fresh optimizer either way.
+    variables = initialization.initial_variables(config, run.model)
+    host_state = steps.create_train_state(config, run.model, run.learning_rate_fn, variables=variables)
     logging.info("%s: %s parameters; %d steps (%d epochs of %d).", config.model,
                  f"{models.count_params(host_state.params):,}", run.total_steps, config.num_epochs,
                  run.steps_per_epoch)
@@ -272,11 +292,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     FloatingPointError: the training loss became NaN/Inf (the message names the step); no checkpoint is
       written after it, so the latest and best checkpoints are those from before.
     checkpoint.CheckpointMismatchError: `workdir` holds a checkpoint of another model or config.
+    FileNotFoundError / pretrained.WeightsError: a fresh start's encoder_weights or init_from cannot be
+      read (the message names the flag and the path).
   """
   validate_config(config)
   workdir = os.path.abspath(workdir)
   run = _setup(config, workdir)
-  host_state, progress = _restore_or_init(run)
+  config = run.config  # the input normalisation resolved (config.json records it)
+  try:
+    host_state, progress = _restore_or_init(run)
+  except BaseException:  # e.g. a checkpoint of another config, an encoder_weights file that does not fit
+    run.checkpoints.close()
+    raise
   # Written once the workdir's checkpoint (if any) is known to fit this config, so a mistaken config never
   # overwrites the record of the run that is there.
   workdir_lib.write_config(workdir, config)

@@ -5,9 +5,15 @@ Flow for one process:
   raw split (veinjax.data.sources.load_raw_split, or any dataset of {'image', 'mask', 'id'})
     -> enumerate, shard by process (before any shuffling, so shards are disjoint)
     -> resize_example to config.image_size (uint8 kept), validated, held in memory once per process
-    -> train: per-epoch permutation from (config.seed, epoch); per-example augmentation seeded by
-       (config.seed, epoch, example index); batch; prefetch.
-       eval: raw order; the last batch padded with valid=False; prefetch.
+    -> train: per-epoch permutation from (config.seed, epoch); uint8 -> [0, 1]; per-example augmentation
+       seeded by (config.seed, epoch, example index); input normalisation; batch; prefetch.
+       eval: raw order; uint8 -> [0, 1]; input normalisation; the last batch padded with valid=False;
+       prefetch.
+
+Input normalisation (`input_normalization`): (x - config.input_mean) / config.input_std per channel after
+the [0, 1] conversion (and after augmentation, which works on [0, 1] images), or nothing when both are
+empty (the default; the numbers are then bit-identical to having no such step). `preprocess_for_model`
+(inference) applies the same.
 
 The resized split is decoded and resized once and kept in memory (the "cache"), keyed by the config fields
 that shape it, so each epoch's dataset starts from it at no cost. Because the whole shard is in memory, each
@@ -109,9 +115,44 @@ def resize_example(image, mask, size: int, method: str):
   return image, mask
 
 
+def input_normalization(config) -> Optional[tuple[tuple[float, ...], tuple[float, ...]]]:
+  """(mean, std) per input channel of the run's input normalisation, or None: the plain [0, 1] input.
+
+  Reads config.input_mean and config.input_std (absent in configs from before they existed: None). Both
+  empty: None. Otherwise each must hold one value per input channel (config.in_channels), std > 0.
+  `veinjax.initialization.with_input_normalization` fills them for pretrained weights and init_from.
+
+  Raises:
+    ValueError: naming --config.input_mean / --config.input_std.
+  """
+  mean = tuple(float(v) for v in (config.get("input_mean", ()) or ()))
+  std = tuple(float(v) for v in (config.get("input_std", ()) or ()))
+  if not mean and not std:
+    return None
+  channels = int(config.in_channels)
+  if len(mean) != channels or len(std) != channels:
+    raise ValueError(f"--config.input_mean={mean} and --config.input_std={std} must each hold one value per "
+                     f"input channel (--config.in_channels={channels}), e.g. "
+                     f"--config.input_mean=\"({', '.join(['0.5'] * channels)},)\", or both be empty (the "
+                     "plain [0, 1] input).")
+  if not all(np.isfinite(mean)) or not all(np.isfinite(s) and s > 0 for s in std):
+    raise ValueError(f"--config.input_mean={mean} / --config.input_std={std}: the means must be finite and "
+                     "the standard deviations finite and > 0.")
+  return mean, std
+
+
 def _to_unit_interval(image_uint8: tf.Tensor) -> tf.Tensor:
-  """uint8 [0, 255] -> float32 [0, 1]: the model's only input normalisation."""
+  """uint8 [0, 255] -> float32 [0, 1] (what augmentation works on)."""
   return tf.cast(image_uint8, tf.float32) / 255.0
+
+
+def _normalize(image: tf.Tensor, normalization) -> tf.Tensor:
+  """[0, 1] float32 -> the model's input: (x - mean) / std per channel, or `image` itself (bit for bit)
+  when `normalization` (from `input_normalization`) is None. The one place the pipeline normalises."""
+  if normalization is None:
+    return image
+  mean, std = normalization
+  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
 def preprocess_for_model(image_uint8, config):
@@ -119,12 +160,13 @@ def preprocess_for_model(image_uint8, config):
 
   Args:
     image_uint8: uint8 [H, W, C] (or [H, W] when config.in_channels == 1), numpy or tf.
-    config: reads image_size, resize_method, in_channels.
+    config: reads image_size, resize_method, in_channels, input_mean, input_std.
 
   Returns:
-    float32 [image_size, image_size, in_channels] in [0, 1]; a numpy array for a numpy input run eagerly,
-    else a tf.Tensor.
+    float32 [image_size, image_size, in_channels]: in [0, 1], or (x / 255 - input_mean) / input_std when
+    the config records a normalisation; a numpy array for a numpy input run eagerly, else a tf.Tensor.
   """
+  normalization = input_normalization(config)
   as_numpy = isinstance(image_uint8, np.ndarray) and tf.executing_eagerly()
   image = tf.convert_to_tensor(image_uint8)
   if image.dtype != tf.uint8:
@@ -136,7 +178,7 @@ def preprocess_for_model(image_uint8, config):
     raise ValueError(f"Image of shape {image.shape} does not match --config.in_channels="
                      f"{config.in_channels}: expected [H, W, {config.in_channels}].")
   image, _ = resize_example(image, None, config.image_size, config.resize_method)
-  image = _to_unit_interval(image)
+  image = _normalize(_to_unit_interval(image), normalization)
   return image.numpy() if as_numpy else image
 
 
@@ -288,13 +330,15 @@ def _prepare(config, split: str, raw: Optional[tf.data.Dataset], process_index: 
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _train_loader(data: _Prepared, aug_config) -> Callable[[tf.Tensor, tf.Tensor], dict]:
+def _train_loader(data: _Prepared, aug_config, normalization=None) -> Callable[[tf.Tensor, tf.Tensor], dict]:
   """(position in the shard, the epoch's augmentation seed) -> one augmented training example.
 
-  Traced once per prepared shard and augment config, not once per epoch: the epoch enters as an input, so
-  each epoch's dataset reuses the traced function (tracing the augmentation costs ~0.1 s of CPU).
+  Augmentation works on [0, 1] images; the input normalisation (`input_normalization`) comes after it, so
+  what augmentation does is the same with or without one. Traced once per prepared shard, augment config
+  and normalisation, not once per epoch: the epoch enters as an input, so each epoch's dataset reuses the
+  traced function (tracing the augmentation costs ~0.1 s of CPU).
   """
-  key = aug_config.to_json_best_effort(sort_keys=True)
+  key = (aug_config.to_json_best_effort(sort_keys=True), normalization)
   if key not in data.loaders:
     aug_config = copy.deepcopy(aug_config)  # later edits to the caller's config get their own key
     images, masks, indices = data.images, data.masks, data.indices
@@ -307,7 +351,7 @@ def _train_loader(data: _Prepared, aug_config) -> Callable[[tf.Tensor, tf.Tensor
       # the process count or the thread count.
       seed = tf.random.experimental.stateless_fold_in(augment_seed, tf.gather(indices, position))
       image, label = augment.augment_example(image, label, seed, aug_config)
-      return {"image": image, "label": label}
+      return {"image": _normalize(image, normalization), "label": label}
 
     data.loaders[key] = load
   return data.loaders[key]
@@ -326,19 +370,21 @@ def create_train_dataset(config, *, epoch: int, process_index: int = 0, process_
 
   Args:
     config: the run config (seed, batch_size, image_size, resize_method, in_channels, num_classes, augment,
-      dataset).
+      input_mean, input_std, dataset).
     epoch: which epoch; with config.seed it fixes the shuffle and every augmentation.
     process_index: this process (jax.process_index()).
     process_count: all processes (jax.process_count()).
     raw: the raw train split; None loads it with veinjax.data.sources.load_raw_split(config, "train").
 
   Returns:
-    steps_per_epoch(config, process_count) batches of {'image': float32 [b, S, S, C] in [0, 1],
-    'label': int32 [b, S, S]} with b = config.batch_size // process_count. Process i sees only the split's
-    examples i, i + process_count, ...; the same (seed, epoch) gives identical batches; `.skip(k)` resumes.
+    steps_per_epoch(config, process_count) batches of {'image': float32 [b, S, S, C] in [0, 1] (augmented;
+    then normalised when the config records input_mean / input_std), 'label': int32 [b, S, S]} with
+    b = config.batch_size // process_count. Process i sees only the split's examples i, i + process_count,
+    ...; the same (seed, epoch) gives identical batches; `.skip(k)` resumes.
   """
   b = _per_process_batch(config.batch_size, process_count, "batch_size")
   _check_resize_method(config.resize_method)
+  normalization = input_normalization(config)
   if config.augment.enabled:
     augment.check_config(config.augment)  # fail here rather than while tf.data traces the map
   data = _prepare(config, "train", raw, process_index, process_count)
@@ -348,7 +394,8 @@ def create_train_dataset(config, *, epoch: int, process_index: int = 0, process_
   order = tf.argsort(tf.random.stateless_uniform([data.size], seed=shuffle_seed), stable=True)
   count = steps * b
   ds = tf.data.Dataset.from_tensor_slices((order[:count], tf.tile(augment_seed[None], [count, 1])))
-  ds = ds.map(_train_loader(data, config.augment), num_parallel_calls=_AUTOTUNE, deterministic=True)
+  loader = _train_loader(data, config.augment, normalization)
+  ds = ds.map(loader, num_parallel_calls=_AUTOTUNE, deterministic=True)
   return ds.batch(b, drop_remainder=True).prefetch(_AUTOTUNE)
 
 
@@ -357,27 +404,30 @@ def create_eval_dataset(config, split: str, *, process_index: int = 0, process_c
   """This process's eval batches of `split`, in the split's order, with no augmentation.
 
   Args:
-    config: the run config (eval_batch_size, image_size, resize_method, in_channels, num_classes, dataset).
+    config: the run config (eval_batch_size, image_size, resize_method, in_channels, num_classes, input_mean,
+      input_std, dataset).
     split: "train", "validation" or "test".
     process_index: this process (jax.process_index()).
     process_count: all processes (jax.process_count()).
     raw: the raw split; None loads it with veinjax.data.sources.load_raw_split(config, split).
 
   Returns:
-    batches of {'image': float32 [b, S, S, C] in [0, 1], 'label': int32 [b, S, S], 'valid': bool [b],
-    'id': string [b]}, b = config.eval_batch_size // process_count. Padding examples (zeros, id "",
-    valid=False) fill the last batches, and every process gets ceil(ceil(n / process_count) / b) batches,
-    so over all processes each example has valid=True exactly once, whatever the batch size.
+    batches of {'image': float32 [b, S, S, C] (`preprocess_for_model`'s values: [0, 1], or normalised
+    as the config records), 'label': int32 [b, S, S], 'valid': bool [b], 'id': string [b]},
+    b = config.eval_batch_size // process_count. Padding examples (zeros, id "", valid=False) fill the last
+    batches, and every process gets ceil(ceil(n / process_count) / b) batches, so over all processes each
+    example has valid=True exactly once, whatever the batch size.
   """
   b = _per_process_batch(config.eval_batch_size, process_count, "eval_batch_size")
   _check_resize_method(config.resize_method)
+  normalization = input_normalization(config)
   data = _prepare(config, split, raw, process_index, process_count)
   per_process = -(-data.num_total // process_count)
   padded = -(-per_process // b) * b
   images, masks, ids = data.images, data.masks, data.ids
 
   def load(position):
-    return {"image": _to_unit_interval(tf.gather(images, position)),
+    return {"image": _normalize(_to_unit_interval(tf.gather(images, position)), normalization),
             "label": tf.cast(tf.gather(masks, position), tf.int32),
             "valid": tf.constant(True), "id": tf.gather(ids, position)}
 

@@ -43,6 +43,7 @@ from veinjax import checkpoint as checkpoint_lib
 from veinjax import cli
 from veinjax import evaluation
 from veinjax import inference
+from veinjax import initialization
 from veinjax import models as models_lib
 from veinjax import timing
 from veinjax import train_lib
@@ -79,6 +80,8 @@ def run_config(config: ml_collections.ConfigDict, model: str,
   """The training config of one run: the shared recipe with this model and seed `config.seed + k`.
 
   The `compare` block is dropped so that, e.g., asking for more seeds later leaves finished runs valid.
+  The input normalisation is resolved (`initialization.with_input_normalization`) as training resolves it,
+  so the config compared with a run's config.json, evaluated and used for Fig. 5 is the one it trains.
   """
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():  # configs from the command line are locked against new fields, not deletions
@@ -86,7 +89,7 @@ def run_config(config: ml_collections.ConfigDict, model: str,
       del cfg["compare"]
   cfg.model = model
   cfg.seed = int(config.seed) + seed_index
-  return cfg
+  return initialization.with_input_normalization(cfg)
 
 
 def run_workdir(workdir: str, model: str, seed_index: int) -> str:
@@ -98,8 +101,15 @@ def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
+# Fields added after runs were recorded, with the value that trains exactly as those runs did: a stored
+# config without them is compared as if it had these values (so finished runs stay valid).
+_ADDED_FIELDS = {"encoder_weights": "", "init_from": "", "init_from_checkpoint": "best",
+                 "init_from_scope": "all", "input_mean": [], "input_std": []}
+
+
 def _check_same_config(stored: Mapping[str, Any], wanted: Mapping[str, Any], workdir: str,
                        which: str) -> None:
+  stored = {**{k: v for k, v in _ADDED_FIELDS.items() if k in wanted}, **stored}
   differences = tables.config_differences(stored, wanted)
   if differences:
     raise ValueError(
