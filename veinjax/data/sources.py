@@ -7,7 +7,9 @@
   foreground_name(config) -> str   ("Vein", "Vessel", ...: what the foreground IoU and Dice measure)
 
 Datasets (config.dataset.name): `vein_phantom` (TFDS, generated locally), `usgra_seg` (TFDS, from a clone
-given by config.dataset.root), `folder` (the user's own folder, loaded into memory; no TFDS).
+given by config.dataset.root), `folder` (the user's own folder, loaded into memory; no TFDS),
+`vein_phantom_random` (TFDS, the domain-randomised phantom, generated locally; the phantom_* fields as for
+`vein_phantom`, and config.dataset.phantom_foreground "vessel" (default) or "vein").
 
 Splits: "train", "validation", "test". A dataset without a validation split gets one carved from train,
 deterministically by config.seed, of config.dataset.validation_fraction of the train examples (train then
@@ -102,6 +104,20 @@ def _usgra_builder(config):
   from veinjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
   builder = tfds_builders.usgra_builder(config.dataset.data_dir, config.dataset.usgra_config)
   tfds_builders.prepare(builder, manual_dir=config.dataset.root)
+  return builder
+
+
+def _random_phantom_foreground(config) -> str:
+  """config.dataset.phantom_foreground, "vessel" where the config has no such field."""
+  return config.dataset.get("phantom_foreground", "vessel")
+
+
+def _random_phantom_builder(config):
+  from veinjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+  ds = config.dataset
+  builder = tfds_builders.random_phantom_builder(ds.data_dir, ds.phantom_size, ds.phantom_num_train,
+                                                 ds.phantom_num_test, _random_phantom_foreground(config))
+  tfds_builders.prepare(builder)
   return builder
 
 
@@ -273,6 +289,8 @@ _SOURCES = {source.name: source for source in (
     Source("folder", _load_folder, _folder_classes, _folder_foreground),
     Source("usgra_seg", functools.partial(_tfds_split, _usgra_builder), lambda config: _usgra_classes(config)[0],
            lambda config: _usgra_classes(config)[1]),
+    Source("vein_phantom_random", functools.partial(_tfds_split, _random_phantom_builder), lambda config: 2,
+           lambda config: _random_phantom_foreground(config).capitalize()),
 )}
 DATASETS = tuple(_SOURCES)
 

@@ -1,4 +1,5 @@
-"""TFDS builders: `vein_phantom` (generated locally) and `usgra_seg` (read from a local clone). No network.
+"""TFDS builders: `vein_phantom` and `vein_phantom_random` (generated locally) and `usgra_seg` (read from a
+local clone). No network.
 
 Both store 'image' (PNG, uint8 [H, W, C]), 'mask' (PNG, uint8 [H, W, 1], class indices already mapped) and
 'id' (text), in generation order (shuffling disabled, so reading is deterministic and ids come in order).
@@ -7,6 +8,11 @@ Both store 'image' (PNG, uint8 [H, W, C]), 'mask' (PNG, uint8 [H, W, 1], class i
   and its name encodes them ("512px_300_200"), so phantoms of different sizes/counts never collide in the
   cache. Train example i is `phantom.generate_example(phantom.example_seed("train", i), size)`, test likewise.
   Bump VERSION whenever the generator's output changes, so stale caches are not reused.
+- `vein_phantom_random`: `veinjax.data.phantom_random` frames (domain-randomised, default ranges), likewise
+  by size and split sizes, plus the mask's foreground ("vessel": veins and arteries; "vein": veins only):
+  configs "<foreground>_<size>px_<num_train>_<num_test>" ("vessel_128px_300_200"). Train example i is
+  `phantom_random.generate_randomized_example(phantom.example_seed("train", i), size,
+  RandomizationRanges(foreground=...))`. Bump VERSION whenever that generator's output changes.
 - `usgra_seg`: github.com/tmkand/usgra-seg (CC BY 4.0) from a manual directory: a clone of the repository or
   its `dataset/` folder. Train 204 (`dataset/images` + `dataset/masks`), test 40 (`dataset/test/...`). Configs:
   `vessel` (binary: mask label 2 = blood vessel -> 1, everything else 0) and `nerve_vessel` (0 background,
@@ -27,6 +33,7 @@ import tensorflow_datasets as tfds
 
 from veinjax.data import decode
 from veinjax.data import phantom
+from veinjax.data import phantom_random
 
 _ROOT_FLAG = "--config.dataset.root"
 
@@ -90,6 +97,61 @@ class VeinPhantom(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, count: int):
     for index in range(count):
       image, mask = phantom.generate_example(phantom.example_seed(split, index), self.builder_config.size)
+      yield index, {"image": image[:, :, None], "mask": mask[:, :, None], "id": f"{split}_{index:05d}"}
+
+
+@dataclasses.dataclass(eq=False)
+class RandomPhantomConfig(VeinPhantomConfig):
+  """Randomised phantom: image size, split sizes and the mask's foreground ("vessel" or "vein")."""
+  foreground: str = "vessel"
+
+
+def random_phantom_config_name(size: int, num_train: int, num_test: int, foreground: str) -> str:
+  return f"{foreground}_{phantom_config_name(size, num_train, num_test)}"
+
+
+@functools.lru_cache(maxsize=None)
+def _random_config_from_name(name: str) -> Optional[RandomPhantomConfig]:
+  match = re.fullmatch(r"(%s)_(\d+)px_(\d+)_(\d+)" % "|".join(phantom_random.FOREGROUNDS), name)
+  if not match:
+    return None
+  foreground, (size, num_train, num_test) = match.group(1), (int(g) for g in match.groups()[1:])
+  return RandomPhantomConfig(name=name, size=size, num_train=num_train, num_test=num_test, foreground=foreground,
+                             description=f"{num_train} train / {num_test} test at {size}x{size}, "
+                                         f"{foreground} masks.")
+
+
+class VeinPhantomRandom(tfds.core.GeneratorBasedBuilder):
+  """The domain-randomised phantom: B-mode frames of any look with vessel (or vein) lumen masks."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First randomised generator (issue 19)."}
+  # Any "<vessel|vein>_<size>px_<num_train>_<num_test>" name is a valid config.
+  BUILDER_CONFIGS = [_random_config_from_name(random_phantom_config_name(128, 300, 200, "vessel"))]
+
+  @classmethod
+  def get_builder_config(cls, name: str, version=None) -> Optional[RandomPhantomConfig]:
+    return super().get_builder_config(name, version) or _random_config_from_name(name)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description=phantom_random.__doc__.split("\n\n")[0],
+        features=_features(1),
+        supervised_keys=("image", "mask"),
+        disable_shuffling=True,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Generated locally.
+    cfg = self.builder_config
+    return {"train": self._generate_examples("train", cfg.num_train),
+            "test": self._generate_examples("test", cfg.num_test)}
+
+  def _generate_examples(self, split: str, count: int):
+    cfg = self.builder_config
+    params = phantom_random.RandomizationRanges(foreground=cfg.foreground)
+    for index in range(count):
+      image, mask = phantom_random.generate_randomized_example(phantom.example_seed(split, index), cfg.size, params)
       yield index, {"image": image[:, :, None], "mask": mask[:, :, None], "id": f"{split}_{index:05d}"}
 
 
@@ -170,6 +232,17 @@ def phantom_builder(data_dir: Optional[str], size: int, num_train: int, num_test
                      f"--config.dataset.phantom_size={size}, phantom_num_train={num_train}, "
                      f"phantom_num_test={num_test}.")
   return VeinPhantom(config=phantom_config_name(size, num_train, num_test), data_dir=data_dir or None)
+
+
+def random_phantom_builder(data_dir: Optional[str], size: int, num_train: int, num_test: int,
+                           foreground: str = "vessel") -> VeinPhantomRandom:
+  """The `vein_phantom_random` builder for this size, these split sizes and this foreground (not prepared)."""
+  phantom_builder(data_dir, size, num_train, num_test)  # The same checks, with the same flags in the error.
+  if foreground not in phantom_random.FOREGROUNDS:
+    raise ValueError(f"--config.dataset.phantom_foreground={foreground!r}; valid: "
+                     f"{', '.join(phantom_random.FOREGROUNDS)}.")
+  return VeinPhantomRandom(config=random_phantom_config_name(size, num_train, num_test, foreground),
+                           data_dir=data_dir or None)
 
 
 def usgra_builder(data_dir: Optional[str], config_name: str) -> UsgraSeg:

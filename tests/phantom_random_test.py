@@ -1,0 +1,274 @@
+"""The domain-randomised phantom: determinism, types, masks that match the drawn vessels, every randomisation
+group switchable, sector geometry, speed, and the `vein_phantom_random` dataset through `sources`."""
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from veinjax.data import phantom
+from veinjax.data import phantom_random as pr
+
+_REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(_REPO / "configs"))
+import default  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+DEFAULT = pr.RandomizationRanges()
+
+
+def _frame(seed, size=96, params=DEFAULT):
+  return pr.generate_randomized_frame(seed, size, params)
+
+
+def test_same_seed_same_frame_and_different_seeds_differ():
+  image_a, mask_a = pr.generate_randomized_example(3, 64)
+  image_b, mask_b = pr.generate_randomized_example(3, 64)
+  np.testing.assert_array_equal(image_a, image_b)
+  np.testing.assert_array_equal(mask_a, mask_b)
+  assert not np.array_equal(image_a, pr.generate_randomized_example(4, 64)[0])
+  # Tuple seeds, as the TFDS builder passes them; never the plain phantom's frame of the same seed.
+  seed = phantom.example_seed("train", 2)
+  np.testing.assert_array_equal(pr.generate_randomized_example(seed, 64)[0], pr.generate_randomized_example(seed, 64)[0])
+  assert not np.array_equal(pr.generate_randomized_example(seed, 64)[0],
+                            pr.generate_randomized_example(phantom.example_seed("test", 2), 64)[0])
+  assert not np.array_equal(pr.generate_randomized_example(seed, 64)[0], phantom.generate_example(seed, 64)[0])
+
+
+@pytest.mark.parametrize("size", [32, 64, 97, 128])
+def test_types_and_value_ranges(size):
+  for seed in range(4):
+    frame = _frame(seed, size)
+    assert frame.image.shape == frame.mask.shape == frame.instances.shape == frame.valid.shape == (size, size)
+    assert frame.image.dtype == frame.mask.dtype == frame.instances.dtype == np.uint8
+    assert frame.valid.dtype == bool
+    assert set(np.unique(frame.mask)) <= {0, 1}
+    assert frame.image.std() > 3  # not a blank frame
+  with pytest.raises(ValueError, match="32"):
+    pr.generate_randomized_example(0, 16)
+
+
+def _lumen(vessel, size):
+  ys, xs = pr._coords(size)  # pylint: disable=protected-access
+  return vessel.signed_distance(ys, xs)[0] < 0
+
+
+@pytest.mark.parametrize("vessels", [True, False])
+def test_mask_is_the_lumen_of_the_drawn_foreground_vessels(vessels):
+  """Without scan conversion, each vessel's instance is exactly its lumen, and the mask the visible foreground."""
+  params = dataclasses.replace(DEFAULT, geometry=False, vessels=vessels)
+  seen = {"vein": 0, "artery": 0, "hidden": 0}
+  for seed in range(12):
+    frame = _frame(seed, 96, params)
+    expected = np.zeros((96, 96), dtype=bool)
+    for i, (vessel, foreground) in enumerate(zip(frame.vessels, frame.foreground)):
+      lumen = _lumen(vessel, 96)
+      np.testing.assert_array_equal(frame.instances == i + 1, lumen)
+      contrast = frame.info["vessels"]["contrast"][i]
+      assert foreground == (contrast >= params.min_contrast)  # foreground="vessel": veins and arteries
+      if foreground:
+        expected |= lumen
+        seen["vein" if vessel.is_vein else "artery"] += 1
+      else:
+        seen["hidden"] += 1
+    np.testing.assert_array_equal(frame.mask == 1, expected)
+    ids = [i + 1 for i, f in enumerate(frame.foreground) if f]
+    np.testing.assert_array_equal(np.isin(frame.instances, ids), frame.mask == 1)
+  assert seen["vein"] and seen["artery"], seen
+
+
+def test_vein_foreground_leaves_arteries_out_and_min_contrast_decides_visibility():
+  everything = dataclasses.replace(DEFAULT, geometry=False, min_contrast=-np.inf)
+  veins_only = dataclasses.replace(everything, foreground="vein")
+  arteries = 0
+  for seed in range(10):
+    frame, veins = _frame(seed, 96, everything), _frame(seed, 96, veins_only)
+    np.testing.assert_array_equal(frame.image, veins.image)  # the mask's choice does not change the frame
+    assert frame.foreground == [True] * len(frame.vessels)
+    assert veins.foreground == [v.is_vein for v in veins.vessels]
+    for i, vessel in enumerate(frame.vessels):
+      assert ((veins.mask == 1) & (veins.instances == i + 1)).any() == vessel.is_vein
+      arteries += not vessel.is_vein
+  assert arteries
+
+
+def test_labelled_lumens_are_darker_than_their_surroundings():
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  ratios = []
+  for seed in range(16):
+    frame = _frame(seed, 128, DEFAULT.without("geometry", "overlays"))
+    for i, foreground in enumerate(frame.foreground):
+      lumen = frame.instances == i + 1
+      if foreground and lumen.sum() > 20:
+        ring = ndimage.binary_dilation(lumen, iterations=4) & ~ndimage.binary_dilation(lumen) & (frame.instances == 0)
+        ratios.append(frame.image[lumen].mean() / max(frame.image[ring].mean(), 1.0))
+  assert len(ratios) > 10 and np.median(ratios) < 0.7, ratios
+
+
+@pytest.mark.parametrize("contrast,axial,lateral,density,defocus,expected", [
+    (1.0, 0.006, 0.01, 1.0, 1.0, 1.0),  # fully developed (Rayleigh) speckle
+    (0.5, 0.006, 0.01, 1.0, 1.0, 0.5),  # Rician: a coherent part
+    (0.35, 0.006, 0.01, 1.0, 2.5, 0.35),  # the lowest contrast, a defocused PSF away from the focus
+    (1.0, 0.001, 0.001, 1.0, 1.0, 0.5),  # a PSF below a pixel: cells average within the pixel
+])
+def test_speckle_power_keeps_the_mean_and_has_the_asked_contrast(contrast, axial, lateral, density, defocus,
+                                                                 expected):
+  amplitude = np.full((256, 256), 0.5, dtype=np.float32)
+  speckle = dict(psf_axial=axial, psf_lateral=lateral, psf_defocus=defocus, focus_depth=0.5,
+                 scatterer_density=density, speckle_contrast=contrast)
+  power = pr._speckle_power(amplitude, speckle, np.random.default_rng(0))[32:-32, 32:-32]  # pylint: disable=protected-access
+  assert power.mean() == pytest.approx(0.25, rel=0.05)
+  ratio = power.std() / power.mean()
+  if defocus == 1.0:
+    assert ratio == pytest.approx(expected, rel=0.15)
+  else:  # the asked contrast at the focus, less away from it (relatively more of the coherent part)
+    assert 0.5 * expected < ratio < 1.1 * expected
+
+
+# ---- Each randomisation group: off is a fixed setting, on changes the frame ----
+
+
+def _changed_share(a, b):
+  return float((np.abs(a.astype(np.int16) - b.astype(np.int16)) > 8).mean())
+
+
+@pytest.mark.parametrize("group", pr.GROUPS)
+def test_each_group_can_be_switched_off_and_changes_the_frame_when_on(group):
+  off = DEFAULT.without(group)
+  assert getattr(off, group) is False and all(getattr(off, g) for g in pr.GROUPS if g != group)
+  shares = []
+  for seed in range(4):
+    on_frame, off_frame = _frame(seed, 96), _frame(seed, 96, off)
+    shares.append(_changed_share(on_frame.image, off_frame.image))
+    info = off_frame.info
+    if group in ("gain", "speckle", "compression"):
+      assert {k: info[group][k] for k in pr._FIXED[group]} == pr._FIXED[group]  # pylint: disable=protected-access
+    elif group == "geometry":
+      assert info["geometry"]["kind"] == "identity" and off_frame.valid.all()
+    elif group in ("distractors", "overlays"):
+      assert info[group]["drawn"] == []
+    elif group == "artifacts":
+      assert info["artifacts"] == {}
+    elif group == "layers":
+      assert info["layers"] == {}  # phantom.py's anatomy
+    elif group == "vessels":
+      veins, arteries = info["vessels"]["veins"], info["vessels"]["arteries"]
+      assert 1 <= veins <= 3 and arteries <= 2  # phantom.py's vessels
+  assert np.mean(shares) > 0.003, (group, shares)
+
+
+def test_only_the_switched_group_draws_differently():
+  """Each group has its own stream: switching overlays off leaves every other pixel as it was."""
+  for seed in range(4):
+    on, off = _frame(seed, 96), _frame(seed, 96, DEFAULT.without("overlays"))
+    changed = on.image != off.image
+    assert not (changed & (on.mask == 1)).any()  # overlays never cover a vessel
+    assert changed.mean() < 0.1
+    np.testing.assert_array_equal(on.mask, off.mask)
+
+
+def test_everything_off_is_a_plain_phantom_like_frame():
+  for seed in range(4):
+    frame = _frame(seed, 96, DEFAULT.without(*pr.GROUPS))
+    assert frame.valid.all() and frame.image.std() > 10
+    assert all(frame.foreground)  # phantom.py's vessels are always seen
+
+
+def test_importing_the_generator_pulls_in_neither_tensorflow_nor_jax():
+  import subprocess  # pylint: disable=g-import-not-at-top
+  code = ("import sys; import veinjax.data.phantom_random; "
+          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'jax')))")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=_REPO, check=True)
+  assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_bad_ranges_and_names_are_rejected():
+  with pytest.raises(ValueError, match="foreground"):
+    pr.RandomizationRanges(foreground="artery")
+  with pytest.raises(ValueError, match="vein_radius"):
+    pr.RandomizationRanges(vein_radius=(0.2, 0.1))
+  with pytest.raises(ValueError, match="sector_probability"):
+    pr.RandomizationRanges(sector_probability=1.5)
+  with pytest.raises(ValueError, match="valid"):
+    DEFAULT.without("colour")
+  assert DEFAULT.only("speckle").speckle and not DEFAULT.only("speckle").layers
+
+
+# ---- Geometry ----
+
+
+def test_sector_scans_are_black_outside_the_fan_with_no_foreground_there():
+  sector = dataclasses.replace(DEFAULT, sector_probability=1.0, letterbox_probability=0.0, overlays=False)
+  for seed in range(6):
+    frame = _frame(seed, 128, sector)
+    assert frame.info["geometry"]["kind"] == "sector"
+    outside = ~frame.valid
+    assert outside[0, 0] and outside[0, -1] and outside[-1, 0] and outside[-1, -1]  # the fan's corners
+    assert 0.05 < outside.mean() < 0.9
+    assert (frame.image[outside] == 0).all()
+    assert (frame.mask[outside] == 0).all() and (frame.instances[outside] == 0).all()
+    assert frame.image[frame.valid].mean() > 5
+
+
+def test_letterboxed_linear_scans_have_black_margins():
+  box = dataclasses.replace(DEFAULT, sector_probability=0.0, letterbox_probability=1.0, overlays=False,
+                            margin_top=(0.1, 0.15), margin_bottom=(0.1, 0.15), margin_side=(0.1, 0.15))
+  frame = _frame(2, 128, box)
+  assert frame.info["geometry"]["kind"] == "linear"
+  assert not frame.valid[:12].any() and not frame.valid[-12:].any()
+  assert not frame.valid[:, :12].any() and not frame.valid[:, -12:].any()
+  assert frame.valid[20:-20, 20:-20].all()
+  assert (frame.image[~frame.valid] == 0).all() and (frame.mask[~frame.valid] == 0).all()
+
+
+# ---- Speed (loose: the machine is shared) ----
+
+
+def test_speed_sanity():
+  pr.generate_randomized_example(0, 256)
+  times = []
+  for seed in range(10):
+    start = time.perf_counter()
+    pr.generate_randomized_example(seed, 256)
+    times.append(time.perf_counter() - start)
+  assert np.median(times) < 0.25, times  # ~20 ms on a busy 2-core CPU; see benchmarks/phantom_speed.py
+
+
+# ---- The dataset through sources ----
+
+
+def _config(data_dir, **dataset):
+  config = default.get_config()
+  config.dataset.name = "vein_phantom_random"
+  config.dataset.data_dir = str(data_dir)
+  config.dataset.phantom_size, config.dataset.phantom_num_train, config.dataset.phantom_num_test = 64, 6, 4
+  config.dataset.validation_fraction = 0.0
+  for key, value in dataset.items():
+    setattr(config.dataset, key, value)
+  return config
+
+
+def test_random_phantom_source_loads_a_tiny_split(tmp_path):
+  from veinjax.data import sources  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  config = _config(tmp_path)
+  assert sources.num_classes(config) == 2 and sources.foreground_name(config) == "Vessel"
+  test = list(sources.load_raw_split(config, "test").as_numpy_iterator())
+  assert [e["id"] for e in test] == [f"test_{i:05d}".encode() for i in range(4)]
+  assert sources.num_examples(config, "train") == 6
+  for index, example in enumerate(test):
+    assert example["image"].shape == (64, 64, 1) and example["image"].dtype == np.uint8
+    image, mask = pr.generate_randomized_example(phantom.example_seed("test", index), 64)
+    np.testing.assert_array_equal(example["image"][:, :, 0], image)  # stored losslessly
+    np.testing.assert_array_equal(example["mask"], mask)
+  # Veins only: another config (no cache collision), another foreground name, the same frames.
+  veins = _config(tmp_path, phantom_foreground="vein")
+  assert sources.foreground_name(veins) == "Vein"
+  first = next(sources.load_raw_split(veins, "test").as_numpy_iterator())
+  image, mask = pr.generate_randomized_example(phantom.example_seed("test", 0), 64,
+                                               pr.RandomizationRanges(foreground="vein"))
+  np.testing.assert_array_equal(first["image"][:, :, 0], image)
+  np.testing.assert_array_equal(first["mask"], mask)
+  with pytest.raises(ValueError, match="phantom_foreground"):
+    sources.load_raw_split(_config(tmp_path, phantom_foreground="artery"), "test")
