@@ -21,6 +21,7 @@ Both store 'image' (PNG, uint8 [H, W, C]), 'mask' (PNG, uint8 [H, W, 1], class i
 Use `phantom_builder(...)` / `usgra_builder(...)` and `prepare(builder, manual_dir)`.
 """
 
+import abc
 import dataclasses
 import functools
 from pathlib import Path
@@ -68,21 +69,12 @@ def _phantom_config_from_name(name: str) -> Optional[VeinPhantomConfig]:
                            description=f"{num_train} train / {num_test} test at {size}x{size}.")
 
 
-class VeinPhantom(tfds.core.GeneratorBasedBuilder):
-  """The synthetic vein phantom: transverse B-mode frames with vein masks (1 = vein lumen)."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First phantom generator."}
-  # The paper's split sizes at 512x512; any "<size>px_<num_train>_<num_test>" name is a valid config too.
-  BUILDER_CONFIGS = [_phantom_config_from_name(phantom_config_name(512, 300, 200))]
-
-  @classmethod
-  def get_builder_config(cls, name: str, version=None) -> Optional[VeinPhantomConfig]:
-    return super().get_builder_config(name, version) or _phantom_config_from_name(name)
+class _GeneratedPhantom(tfds.core.GeneratorBasedBuilder, abc.ABC):
+  """What the generated phantoms share: locally generated train / test splits of (image, mask, id)."""
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description=phantom.__doc__.split("\n\n")[0],
+        description=self._description(),
         features=_features(1),
         supervised_keys=("image", "mask"),
         disable_shuffling=True,
@@ -96,8 +88,35 @@ class VeinPhantom(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, count: int):
     for index in range(count):
-      image, mask = phantom.generate_example(phantom.example_seed(split, index), self.builder_config.size)
+      image, mask = self._example(phantom.example_seed(split, index))
       yield index, {"image": image[:, :, None], "mask": mask[:, :, None], "id": f"{split}_{index:05d}"}
+
+  @abc.abstractmethod
+  def _description(self) -> str:
+    """The dataset's one-line description."""
+
+  @abc.abstractmethod
+  def _example(self, seed) -> tuple:
+    """(image uint8 [S, S], mask uint8 [S, S]) of one example seed."""
+
+
+class VeinPhantom(_GeneratedPhantom):
+  """The synthetic vein phantom: transverse B-mode frames with vein masks (1 = vein lumen)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First phantom generator."}
+  # The paper's split sizes at 512x512; any "<size>px_<num_train>_<num_test>" name is a valid config too.
+  BUILDER_CONFIGS = [_phantom_config_from_name(phantom_config_name(512, 300, 200))]
+
+  @classmethod
+  def get_builder_config(cls, name: str, version=None) -> Optional[VeinPhantomConfig]:
+    return super().get_builder_config(name, version) or _phantom_config_from_name(name)
+
+  def _description(self) -> str:
+    return phantom.__doc__.split("\n\n")[0]
+
+  def _example(self, seed) -> tuple:
+    return phantom.generate_example(seed, self.builder_config.size)
 
 
 @dataclasses.dataclass(eq=False)
@@ -121,7 +140,7 @@ def _random_config_from_name(name: str) -> Optional[RandomPhantomConfig]:
                                          f"{foreground} masks.")
 
 
-class VeinPhantomRandom(tfds.core.GeneratorBasedBuilder):
+class VeinPhantomRandom(_GeneratedPhantom):
   """The domain-randomised phantom: B-mode frames of any look with vessel (or vein) lumen masks."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -133,26 +152,13 @@ class VeinPhantomRandom(tfds.core.GeneratorBasedBuilder):
   def get_builder_config(cls, name: str, version=None) -> Optional[RandomPhantomConfig]:
     return super().get_builder_config(name, version) or _random_config_from_name(name)
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        description=phantom_random.__doc__.split("\n\n")[0],
-        features=_features(1),
-        supervised_keys=("image", "mask"),
-        disable_shuffling=True,
-    )
+  def _description(self) -> str:
+    return phantom_random.__doc__.split("\n\n")[0]
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Generated locally.
+  def _example(self, seed) -> tuple:
     cfg = self.builder_config
-    return {"train": self._generate_examples("train", cfg.num_train),
-            "test": self._generate_examples("test", cfg.num_test)}
-
-  def _generate_examples(self, split: str, count: int):
-    cfg = self.builder_config
-    params = phantom_random.RandomizationRanges(foreground=cfg.foreground)
-    for index in range(count):
-      image, mask = phantom_random.generate_randomized_example(phantom.example_seed(split, index), cfg.size, params)
-      yield index, {"image": image[:, :, None], "mask": mask[:, :, None], "id": f"{split}_{index:05d}"}
+    return phantom_random.generate_randomized_example(seed, cfg.size,
+                                                      phantom_random.RandomizationRanges(foreground=cfg.foreground))
 
 
 def usgra_dataset_dir(root) -> Path:
