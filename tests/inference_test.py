@@ -170,3 +170,14 @@ def test_ensemble_of_runs_that_differ_is_an_error(trained, tmp_path):
     inference._check_ensemble([config, other], [workdir, "other"])
   with pytest.raises(ValueError, match="at least one"):
     inference.Predictor.from_workdirs([])
+
+
+def test_inference_steps_and_models_import_without_tensorflow():
+  """The accelerator machines have no TensorFlow: these modules must not pull it in."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ("import sys; import veinjax.inference, veinjax.steps, veinjax.models, veinjax.losses, veinjax.metrics, "
+          "veinjax.postprocess, veinjax.analysis.tracking, veinjax.train_lib, veinjax.evaluation; "
+          "assert 'tensorflow' not in sys.modules, sorted(m for m in sys.modules if m.startswith('tensorflow'))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
