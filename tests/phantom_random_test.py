@@ -2,6 +2,7 @@
 group switchable, sector geometry, speed, and the `vein_phantom_random` dataset through `sources`."""
 
 import dataclasses
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 
 from veinjax.data import phantom
 from veinjax.data import phantom_random as pr
+from veinjax.data import phantom_random_acoustics
+from veinjax.data import phantom_random_fields
 
 _REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(_REPO / "configs"))
@@ -51,7 +54,7 @@ def test_types_and_value_ranges(size):
 
 
 def _lumen(vessel, size):
-  ys, xs = pr._coords(size)  # pylint: disable=protected-access
+  ys, xs = phantom_random_fields.coords(size)
   return vessel.signed_distance(ys, xs)[0] < 0
 
 
@@ -118,13 +121,42 @@ def test_speckle_power_keeps_the_mean_and_has_the_asked_contrast(contrast, axial
   amplitude = np.full((256, 256), 0.5, dtype=np.float32)
   speckle = dict(psf_axial=axial, psf_lateral=lateral, psf_defocus=defocus, focus_depth=0.5,
                  scatterer_density=density, speckle_contrast=contrast)
-  power = pr._speckle_power(amplitude, speckle, np.random.default_rng(0))[32:-32, 32:-32]  # pylint: disable=protected-access
+  power = phantom_random_acoustics.speckle_power(amplitude, speckle, np.random.default_rng(0))[32:-32, 32:-32]
   assert power.mean() == pytest.approx(0.25, rel=0.05)
   ratio = power.std() / power.mean()
   if defocus == 1.0:
     assert ratio == pytest.approx(expected, rel=0.15)
   else:  # the asked contrast at the focus, less away from it (relatively more of the coherent part)
     assert 0.5 * expected < ratio < 1.1 * expected
+
+
+# ---- generate_randomized_example is pinned: results trained on it depend on its exact bytes ----
+
+# sha256 (first 32 hex digits) of image bytes + mask bytes, computed with the generator as it was before it
+# was split into modules (one 1114-line phantom_random.py). Covers linear, sector and identity geometry,
+# every distractor kind, a lifted probe edge, odd sizes, tuple seeds, foreground="vein" and every group off.
+_PARAMS = {"vessel": DEFAULT, "vein": pr.RandomizationRanges(foreground="vein"), "plain": DEFAULT.without(*pr.GROUPS)}
+_PINNED = {
+    (0, 64, "vessel"): "4f7ba5f4e27f1f55d6fed16523fbf212",  # linear, specks
+    (1, 64, "vessel"): "3b6ec814ea474674ac5e5d268ce47dd0",  # sector, an empty mask
+    (2, 128, "vessel"): "413693df09c70c8c962b0fc001b3591f",  # tendon, nerve
+    (3, 128, "vessel"): "f57b138e70e2f2ac4279b7fee34ec919",  # sector, bone
+    (4, 256, "vessel"): "1dcc38fdb83a7ccd55da35acf7f17797",
+    (5, 97, "vessel"): "26af24c98cf83a0060b6dd4b5b75f524",
+    ((1, 3), 64, "vessel"): "26ff5b7e92be397c82ddff39e3832462",
+    ((2, 7), 128, "vessel"): "a532e4378adf30feea69d9d7db1a0873",
+    (9, 256, "vessel"): "4ce7fa7e6c9ef36b8baf12d8a84a7580",  # sector, tendon
+    (38, 64, "vessel"): "d093aec1e410672cd14a1dec86c58dbc",  # a lifted probe edge
+    (6, 128, "vein"): "ebd1b0f3b4a0555b2c02836ad3461e55",
+    ((1, 9), 97, "vein"): "79e9e5c524a52d1b74fe6f9eb8e04e13",
+    (7, 96, "plain"): "725bbd07357f2b1455bd264420ddc675",  # phantom.py's anatomy and vessels, identity
+}
+
+
+@pytest.mark.parametrize("seed,size,params", list(_PINNED))
+def test_generate_randomized_example_is_byte_identical_to_the_pinned_outputs(seed, size, params):
+  image, mask = pr.generate_randomized_example(seed, size, _PARAMS[params])
+  assert hashlib.sha256(image.tobytes() + mask.tobytes()).hexdigest()[:32] == _PINNED[(seed, size, params)]
 
 
 # ---- Each randomisation group: off is a fixed setting, on changes the frame ----
@@ -144,7 +176,7 @@ def test_each_group_can_be_switched_off_and_changes_the_frame_when_on(group):
     shares.append(_changed_share(on_frame.image, off_frame.image))
     info = off_frame.info
     if group in ("gain", "speckle", "compression"):
-      assert {k: info[group][k] for k in pr._FIXED[group]} == pr._FIXED[group]  # pylint: disable=protected-access
+      assert {k: info[group][k] for k in pr.FIXED[group]} == pr.FIXED[group]
     elif group == "geometry":
       assert info["geometry"]["kind"] == "identity" and off_frame.valid.all()
     elif group in ("distractors", "overlays"):

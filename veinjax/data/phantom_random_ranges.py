@@ -1,0 +1,187 @@
+"""What the domain-randomised phantom (`veinjax.data.phantom_random`) draws: its ranges and group switches.
+
+`RandomizationRanges` holds every range a frame is drawn from and one boolean switch per randomisation
+group (`GROUPS`); `FIXED` holds the settings of the groups whose switch is off that draw numbers.
+"""
+
+import dataclasses
+from typing import Tuple
+
+Range = Tuple[float, float]
+IntRange = Tuple[int, int]
+
+# The randomisation groups, each switched by the field of `RandomizationRanges` with its name.
+GROUPS = ("layers", "vessels", "distractors", "artifacts", "gain", "speckle", "compression", "geometry",
+          "overlays")
+FOREGROUNDS = ("vessel", "vein")
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomizationRanges:
+  """What `generate_randomized_example` draws, and from which range, per frame.
+
+  (lo, hi) ranges are drawn uniformly unless said otherwise, integer ranges inclusive; "x size" means a
+  fraction of the frame's height (= width). Echo units: the reflectivity amplitude before attenuation, for
+  which tissue spans 0.03-1 and specular lines reach 1-3; the display puts the frame's median tissue at
+  `grey`, whatever its echo. Display levels: 0 (black) to 1 (white), as shown. These are first guesses,
+  chosen to cover the phantom, what linear and curvilinear probes of any make show, and more; they are not
+  yet tuned by measurement (sim-to-real on held-out real data).
+  """
+  foreground: str = "vessel"  # "vessel": veins and arteries are the mask; "vein": veins only
+
+  # ---- layers: tissue below the skin (off: phantom.py's fat, fascia and striated muscle) ----
+  layers: bool = True
+  skin_depth: Range = (0.0, 0.06)  # x size: depth of the skin line (gel / stand-off above it is anechoic)
+  skin_echo: Range = (0.2, 1.6)  # brightness of the skin line
+  near_field_echo: Range = (0.0, 0.6)  # the transducer-face band at the very top
+  num_layers: IntRange = (1, 6)  # tissue layers below the skin
+  layer_echo: Range = (0.03, 1.0)  # each layer's echogenicity, log-uniform: near-anechoic to bright
+  layer_texture: Range = (0.0, 0.7)  # std of each layer's smooth heterogeneity (log amplitude)
+  texture_cells: Range = (3.0, 20.0)  # correlation lengths of the heterogeneity across the frame
+  boundary_wave: Range = (0.0, 0.05)  # x size: std of a layer boundary's undulation
+  boundary_tilt: Range = (-0.2, 0.2)  # slope of a layer boundary
+  interface_echo: Range = (0.0, 1.6)  # brightness of the echogenic line (fascia) on each layer boundary
+  interface_width: Range = (0.002, 0.012)  # x size: its half width
+  interface_gaps: Range = (0.0, 0.8)  # share of it that is broken off
+  striation_probability: float = 0.6  # chance that a layer has fine echogenic lines (perimysium, septa)
+  striation_echo: Range = (0.1, 1.0)  # their brightness
+  striation_period: Range = (0.015, 0.08)  # x size: their spacing
+  striation_angle: Range = (-0.5, 0.5)  # radians from the horizontal
+  lobule_probability: float = 0.3  # chance that a layer is lobular (fat: dark lobules, echogenic septa)
+  lobule_echo: Range = (0.2, 0.9)  # brightness of the septa
+  speck_density: Range = (0.0, 0.004)  # bright point scatterers per pixel (at 512 px; fewer when smaller)
+
+  # ---- vessels (off: phantom.py's 1-3 veins and 0-2 arteries with its looks) ----
+  vessels: bool = True
+  num_veins: IntRange = (0, 3)
+  num_arteries: IntRange = (0, 2)
+  vessel_depth: Range = (0.06, 0.92)  # x size: depth of a vessel's centre (beam space)
+  vein_radius: Range = (0.02, 0.15)  # x size: semi-major axis
+  vein_aspect: Range = (0.35, 1.0)  # minor / major axis
+  compressed_probability: float = 0.15  # chance that a vein is compressed flat ...
+  compressed_aspect: Range = (0.08, 0.3)  # ... to this aspect (half thickness >= 1 px)
+  artery_radius: Range = (0.02, 0.1)  # x size
+  artery_aspect: Range = (0.8, 1.0)
+  irregularity: Range = (0.0, 0.1)  # amplitude of the boundary's harmonics 2-4 (0: an ellipse)
+  vein_tilt: Range = (-0.4, 0.4)  # radians (arteries: any angle)
+  vein_wall: Range = (0.0, 0.015)  # x size: wall thickness (0: no visible wall)
+  artery_wall: Range = (0.006, 0.035)  # x size
+  wall_echo: Range = (0.0, 2.0)  # wall brightness
+  wall_specularity: Range = (0.0, 1.0)  # 1: the wall shows only where the beam meets it at right angles
+  border_blur: Range = (0.0, 0.012)  # x size: width of the lumen's soft edge (before the PSF adds its own)
+  lumen_echo: Range = (0.0, 0.15)  # lumen echo, times the surrounding tissue's
+  smoke_probability: float = 0.3  # chance of slow-flow "smoke" (swirling faint echoes) ...
+  smoke_echo: Range = (0.1, 0.35)  # ... this bright, times the surrounding tissue's
+  partial_fill_probability: float = 0.15  # chance that part of the lumen is filled (sediment, thrombus) ...
+  partial_fill: Range = (0.15, 0.6)  # ... this share of its height ...
+  fill_echo: Range = (0.3, 1.0)  # ... this bright, times the surrounding tissue's (still in the mask)
+  posterior_enhancement: Range = (0.0, 0.95)  # share of the attenuation the lumen does not have
+  edge_shadow: Range = (0.0, 6.0)  # extra attenuation where the wall runs along the beam (refraction)
+  # Not drawn: a vessel whose lumen is darker than its wall and a ring around it by less than this share
+  # (Weber contrast of mean display levels as shown, ring levels below 0.15 counted as 0.15) is left out of
+  # the mask: the frame does not show it (a lumen as bright as its surroundings, or lost in noise).
+  min_contrast: float = 0.3
+
+  # ---- distractors: hyperechoic structures that are not vessels (off: none) ----
+  distractors: bool = True
+  tendon_probability: float = 0.3
+  tendon_length: Range = (0.1, 0.45)  # x size
+  tendon_aspect: Range = (0.12, 0.4)  # thickness / length
+  tendon_echo: Range = (0.6, 1.8)
+  nerve_probability: float = 0.4  # a nerve: dark fascicles in a bright sheath (honeycomb)
+  nerve_radius: Range = (0.03, 0.09)  # x size
+  nerve_fascicles: Range = (2.0, 6.0)  # fascicles across the nerve
+  nerve_echo: Range = (0.5, 1.5)
+  bone_probability: float = 0.25  # a bone surface (bright arc) with a full shadow below, under the vessels
+  bone_echo: Range = (1.0, 3.0)
+  bone_width: Range = (0.2, 1.0)  # x size
+  num_specks: IntRange = (0, 8)  # small bright reflectors (calcification, needle tip, gas)
+  speck_echo: Range = (0.8, 2.5)
+
+  # ---- artifacts (off: none) ----
+  artifacts: bool = True
+  reverberation_probability: float = 0.5  # copies of the near field at multiples of a depth ...
+  reverberation_period: Range = (0.03, 0.12)  # x size: ... this depth ...
+  reverberation_decay: Range = (0.1, 0.5)  # ... each this much weaker than the one before
+  haze: Range = (0.0, 0.15)  # diffuse clutter, times the mean tissue echo (greys the lumens) ...
+  haze_depth: Range = (0.1, 1.0)  # x size: ... decaying with depth over this length
+  num_shadows: IntRange = (0, 2)  # acoustic shadows below a bright reflector, never over a vessel
+  shadow_width: Range = (0.02, 0.15)  # x size
+  shadow_strength: Range = (1.0, 20.0)  # extra attenuation (tissue: 1)
+  lifted_probe_probability: float = 0.1  # a dark strip at one side (lost contact), never over a vessel
+  lifted_width: Range = (0.03, 0.2)  # x size
+
+  # ---- gain: attenuation, TGC, noise (off: fixed, see FIXED) ----
+  gain: bool = True
+  attenuation: Range = (0.5, 4.0)  # total loss over the depth, nepers (amplitude)
+  tgc_compensation: Range = (0.6, 1.15)  # share of it a linear TGC ramp gives back (under / over)
+  tgc_sliders: Range = (0.0, 0.4)  # std (nepers) of 8 TGC sliders' offsets
+  lateral_falloff: Range = (0.0, 0.7)  # loss at the lateral edges (aperture, sector edges)
+  noise_level: Range = (0.001, 0.02)  # electronic noise amplitude, amplified with the gain
+
+  # ---- speckle: scatterers convolved with a Gaussian PSF (off: fixed PSF, see FIXED) ----
+  speckle: bool = True
+  psf_axial: Range = (0.0015, 0.008)  # x size: PSF std along the beam (at 256 px: 0.4-2 px)
+  psf_lateral: Range = (0.002, 0.014)  # x size: PSF std across beams at the focus
+  psf_defocus: Range = (1.0, 2.5)  # lateral PSF width far from the focus / at the focus
+  focus_depth: Range = (0.15, 0.85)  # x size
+  scatterer_density: Range = (0.25, 1.0)  # share of cells with a scatterer, log-uniform (1: fully developed)
+  speckle_contrast: Range = (0.35, 1.0)  # std / mean of the speckle's power (1: Rayleigh; less: Rician,
+  # as partly developed or compounded speckle)
+
+  # ---- compression: log compression and display (off: fixed, see FIXED) ----
+  compression: bool = True
+  dynamic_range: Range = (25.0, 80.0)  # dB between black and white
+  grey: Range = (0.08, 0.6)  # display level (0-1, as shown) of the median tissue: very dark to bright scans
+  gamma: Range = (0.6, 1.8)  # contrast curve
+  reject: Range = (0.0, 0.12)  # display levels below this are black (at most half the median tissue's)
+
+  # ---- geometry: scan conversion (off: linear, full frame) ----
+  geometry: bool = True
+  sector_probability: float = 0.4  # sector (curvilinear or phased) rather than linear
+  sector_angle: Range = (30.0, 100.0)  # degrees, the whole fan
+  apex_distance: Range = (0.05, 1.5)  # x size: the fan's apex above the top of its box
+  letterbox_probability: float = 0.6  # black margins around the image
+  margin_top: Range = (0.0, 0.15)  # x size, each
+  margin_bottom: Range = (0.0, 0.15)
+  margin_side: Range = (0.0, 0.15)  # left and right drawn separately
+
+  # ---- overlays at the edges (off: none) ----
+  overlays: bool = True
+  text_probability: float = 0.7
+  text_lines: IntRange = (1, 6)
+  text_height: Range = (0.015, 0.04)  # x size (at least 5 px)
+  overlay_brightness: Range = (0.4, 1.0)  # display level
+  depth_scale_probability: float = 0.6
+  focus_marker_probability: float = 0.4
+  logo_probability: float = 0.3
+
+  def __post_init__(self):
+    if self.foreground not in FOREGROUNDS:
+      raise ValueError(f"foreground={self.foreground!r}; valid: {', '.join(FOREGROUNDS)}.")
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if isinstance(value, tuple) and (len(value) != 2 or value[0] > value[1]):
+        raise ValueError(f"RandomizationRanges.{field.name}={value}: expected a (lo, hi) pair with lo <= hi.")
+      if field.name.endswith("_probability") and not 0.0 <= value <= 1.0:
+        raise ValueError(f"RandomizationRanges.{field.name}={value}: a probability must be in [0, 1].")
+
+  def without(self, *groups: str) -> "RandomizationRanges":
+    """A copy with these groups (names in `GROUPS`) switched off."""
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+      raise ValueError(f"unknown randomisation group(s) {sorted(unknown)}; valid: {', '.join(GROUPS)}.")
+    return dataclasses.replace(self, **{g: False for g in groups})
+
+  def only(self, *groups: str) -> "RandomizationRanges":
+    """A copy with only these groups on."""
+    return self.without(*(g for g in GROUPS if g not in groups))
+
+
+# The fixed settings of groups that are switched off (mid-range, or phantom.py's own).
+FIXED = {
+    "gain": dict(attenuation=2.75, tgc_compensation=0.8, lateral_falloff=0.25, noise_level=0.012),
+    "speckle": dict(psf_axial=0.0035, psf_lateral=0.006, psf_defocus=1.0, focus_depth=0.5,
+                    scatterer_density=1.0, speckle_contrast=1.0),
+    "compression": dict(dynamic_range=50.0, grey=0.45, gamma=1.0, reject=0.0),
+}
