@@ -1,0 +1,116 @@
+"""benchmarks/speed.py: the measure functions on a tiny model, the command's JSON lines, bad input, no TF.
+
+Tiny sizes only (32x32, ResNet18-UNet, batch 2, one timed step): these check that the benchmark runs and
+reports sane figures, not the figures themselves. The command runs in subprocesses (with JAX's
+optimisations mostly off, as in this suite), which also shows what it imports.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # benchmarks/ is run from the checkout, not installed
+
+from benchmarks import speed  # noqa: E402
+TINY = ["--size=32", "--batch=2", "--infer_batch=2", "--models=resnet34_unet:resnet18", "--precisions=fp32",
+        "--steps=1", "--warmup=0", "--matmul_size=64"]
+
+
+def _run_speed(argv, env_extra=None, prelude="", epilogue="", timeout=300):
+  """`python -m benchmarks.speed ARGV` in a subprocess (via runpy, so code can run before and after)."""
+  code = (f"import runpy, sys\n{prelude}\nsys.argv = {['speed'] + list(argv)!r}\n"
+          "try:\n  runpy.run_module('benchmarks.speed', run_name='__main__', alter_sys=True)\n"
+          "except SystemExit as e:\n  code = e.code\nelse:\n  code = 0\n"
+          f"{epilogue}\nsys.exit(code)\n")
+  env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu", **(env_extra or {})}
+  return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
+                        timeout=timeout)
+
+
+def _positive_finite(value):
+  return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_measure_functions_return_positive_finite_numbers():
+  config = speed.bench_config("resnet34_unet", "resnet18", size=32, batch=2, parallelism="jit")
+  assert (config.optimizer, config.loss, config.image_size, config.batch_size) == ("adam", "bce", 32, 2)
+  variables = speed.initial_variables(config)
+  train = speed.measure_train(config, num_steps=1, warmup=0, variables=variables)
+  for key in ("images_per_s", "step_ms", "compile_s", "flops_per_step", "achieved_tflops",
+              "xla_bytes_per_device", "train_loss"):
+    assert _positive_finite(train[key]), (key, train)
+  assert train["peak_bytes_in_use"] is None or train["peak_bytes_in_use"] > 0  # None on CPU
+  infer = speed.measure_infer(config, infer_batch=2, num_steps=1, warmup=0, variables=variables)
+  for key in ("ms_per_frame", "images_per_s", "compile_s_b1", "compile_s_bn", "achieved_tflops_b1"):
+    assert _positive_finite(infer[key]), (key, infer)
+  for dtype in (jnp.float32, jnp.bfloat16):
+    matmul = speed.measure_matmul(64, dtype, reps=2, num_steps=1, warmup=0)
+    assert _positive_finite(matmul["tflops"]) and matmul["dtype"] == jnp.dtype(dtype).name
+
+
+def test_bad_models_name_the_valid_choices():
+  with pytest.raises(speed.BenchmarkError, match="unknown model 'resnet35_unet'.*valid models: resnet34_unet"):
+    speed.parse_models(["resnet35_unet"])
+  with pytest.raises(speed.BenchmarkError, match="unknown encoder 'resnet99'.*valid encoders: resnet18"):
+    speed.parse_models(["light_unet:resnet99"])
+  with pytest.raises(speed.BenchmarkError, match="fixed encoder"):
+    speed.parse_models(["fcn8s:resnet18"])
+  assert speed.parse_models(["resnet34_unet", "light_unet", "encoder_unet:mobilenetv3_small", "unet"]) == [
+      ("resnet34_unet", "resnet34"), ("light_unet", "mobilenetv3_small"),
+      ("encoder_unet", "mobilenetv3_small"), ("unet", None)]
+  with pytest.raises(speed.BenchmarkError, match="--size=48"):
+    speed.check_inputs(["resnet34_unet"], size=48, batch=2, infer_batch=1, num_steps=1, warmup=0,
+                       precisions=["fp32"], parallelism="jit")
+
+
+def test_tiny_run_prints_json_lines_and_a_table_without_tensorflow(tmp_path):
+  json_out = tmp_path / "speed.jsonl"
+  result = _run_speed(TINY + [f"--json_out={json_out}"],
+                      epilogue="print('TENSORFLOW_IMPORTED', 'tensorflow' in sys.modules)")
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+  lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+  records = [json.loads(line) for line in lines]
+  assert [r["kind"] for r in records] == ["matmul", "matmul", "train", "infer"]
+  for r in records:
+    assert r["device"].startswith("CPU") and r["jax_version"] and r["cpu_count"] >= 1, r
+    assert "xla_flags" in r and r["platform"] == "cpu"
+  train = records[2]
+  assert (train["model"], train["encoder"], train["precision"], train["batch"]) == ("resnet34_unet", "resnet18",
+                                                                                  "fp32", 2)
+  assert _positive_finite(train["images_per_s"]) and _positive_finite(train["fraction_of_matmul_peak"])
+  assert [json.loads(line) for line in json_out.read_text().splitlines()] == records
+  assert "| `resnet34_unet` | resnet18 | fp32 | 32 | 2 (pmap) |" in result.stdout
+  assert "TENSORFLOW_IMPORTED False" in result.stdout
+  # --table_from rebuilds the same table from the JSON lines (e.g. of several capped runs).
+  assert speed.markdown_table(speed.read_records(str(json_out))) in result.stdout
+
+
+def test_import_does_not_import_tensorflow():
+  code = "import sys, benchmarks.speed; print('tensorflow' in sys.modules)"
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip() == "False"
+
+
+def test_bad_input_on_the_command_line_exits_2_with_the_reason():
+  result = _run_speed(["--models=resnet34_unet,nope"])
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "unknown model 'nope'" in result.stderr and "ultralight_unet" in result.stderr
+  result = _run_speed(["--batch=3"], env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "--batch=3" in result.stderr and "2 devices" in result.stderr
+
+
+def test_peer_without_torch_names_the_install():
+  # torch and smp unimportable here, installed or not; the check comes before any measurement.
+  prelude = "sys.modules['torch'] = None; sys.modules['segmentation_models_pytorch'] = None"
+  result = _run_speed(TINY + ["--peer"], prelude=prelude)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert speed.PEER_MISSING in result.stderr
+  assert not [line for line in result.stdout.splitlines() if line.startswith("{")]
