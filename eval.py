@@ -3,8 +3,10 @@
   python eval.py --workdir=runs/quickstart [--config=configs/quickstart.py] [--checkpoint=best|latest|PATH]
       [--split=test] [--save_predictions]
 
-Prints one JSON line of metrics and writes it to WORKDIR/eval/<split>_metrics.json. Without --config, the
-run's own WORKDIR/config.json is used.
+Prints one JSON line of metrics and writes it to WORKDIR/eval/: <split>_metrics.json for the best checkpoint,
+<split>_latest_metrics.json for --checkpoint=latest, <split>_step<N>_metrics.json for a checkpoint directory
+(see `veinjax.evaluation.evaluate`). Without --config, the run's own WORKDIR/config.json is used. A clear
+error is printed alone (`Error: ...`); --verbosity=1 shows its traceback.
 """
 
 import json
@@ -26,8 +28,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best, latest, or a checkpoint directory.")
 _SPLIT = flags.DEFINE_enum("split", "test", list(evaluation.SPLITS), "The split to evaluate.")
-_SAVE_PREDICTIONS = flags.DEFINE_bool("save_predictions", False,
-                                      "Also write input | label | prediction PNGs to WORKDIR/eval/<split>_predictions.")
+_SAVE_PREDICTIONS = flags.DEFINE_bool(
+    "save_predictions", False,
+    "Also write input | label | prediction PNGs to WORKDIR/eval/<split>_predictions (best; "
+    "<split>_latest_predictions, <split>_step<N>_predictions for the others).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -42,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, config_flag=_CONFIG)

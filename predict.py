@@ -6,7 +6,8 @@
 
 PATH is an image, a folder of images, a quoted glob ("scans/*.png") or a clip (mp4/avi/mov/mkv, multi-frame
 TIFF or GIF). --workdir=runs/a,runs/b,runs/c averages the runs' probabilities (an ensemble, e.g. the seeds
-of one compare run). What DIR holds: see veinjax/predict_lib.py.
+of one compare run). What DIR holds: see veinjax/predict_lib.py. A clear error is printed alone (`Error: ...`);
+--verbosity=1 shows its traceback.
 """
 
 import os
@@ -46,6 +47,8 @@ def main(argv):
   predictor = inference.Predictor.from_workdirs(
       _WORKDIR.value, _CHECKPOINT.value, batch_size=_BATCH_SIZE.value, tta=_TTA.value,
       postprocess=PostProcess.parse(_POSTPROCESS.value))
+  # 16-bit grayscale files become 8 bits as the run's training read them.
+  source.high_bit_depth = str(predictor.config.dataset.get("high_bit_depth", "auto"))
   spacing = _PIXEL_SPACING.value if _PIXEL_SPACING.value is not None else predictor.config.pixel_spacing_mm
   summary = predict_lib.predict_to_dir(predictor, source, _OUTPUT.value,
                                        save_probabilities=_SAVE_PROBABILITIES.value, pixel_spacing_mm=spacing)
@@ -53,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -2,8 +2,11 @@
 
   python train.py --config=configs/quickstart.py --workdir=runs/quickstart [--config.num_epochs=3 ...]
 
-Running it again on the same --workdir resumes from the latest checkpoint. Watch it with
-`tensorboard --logdir=WORKDIR`.
+Running it again on the same --workdir resumes from the latest checkpoint; a config that differs from the
+run's config.json in more than its length, logging, checkpointing or data location is an error naming the
+fields, unless --allow_config_change (then each difference is logged and the old config.json is kept as
+config.json.<time>). Watch it with `tensorboard --logdir=WORKDIR`. A clear error is printed alone
+(`Error: ...`); --verbosity=1 shows its traceback.
 """
 
 import os
@@ -21,6 +24,10 @@ from veinjax import train_lib
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and history.jsonl.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py).",
                                           lock_config=True)
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume even if the config differs from the workdir's config.json (each difference is logged; the old "
+    "config.json is kept as config.json.<time>).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -28,12 +35,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_library_logs(__file__)
-  result = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  logging.info("Done: step %d, best %s %.4f at step %s. Evaluate on the test split with: "
-               "python eval.py --workdir=%s", result["step"], result["best_metric"],
-               result["best_value"] if result["best_value"] is not None else float("nan"), result["best_step"],
-               result["workdir"])
+  result = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                                        allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  logging.info("Done: step %d, best %s %.4f at step %s. Evaluate on the test split with: %s", result["step"],
+               result["best_metric"], result["best_value"] if result["best_value"] is not None else float("nan"),
+               result["best_step"], cli.shell_command("python", "eval.py", f"--workdir={result['workdir']}"))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, config_flag=_CONFIG)

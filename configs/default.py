@@ -49,7 +49,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.test_fraction = 0.4
   # Carved from train (seeded) when the dataset has no validation split; used to pick the best checkpoint.
   config.dataset.validation_fraction = 0.1
+  # folder only: split by subject. A regex searched in each file name whose first group (or whole match)
+  # names the subject, e.g. r"^(patient\d+)_"; test_fraction and validation_fraction then hold out whole
+  # subjects. "" = file by file (the splits exactly as without it).
+  config.dataset.group_pattern = ""
   config.dataset.on_bad_example = "error"  # error | skip (skip logs each file and the count)
+  # folder only: how 16-bit grayscale images become 8 bits (veinjax.data.decode; logged once):
+  # auto = the bit depth a PNG's sBIT chunk records (e.g. 12: 0..4095 -> 0..255), else 16 | 16 = 0..65535 ->
+  # 0..255 | 12 = 0..4095 -> 0..255 (raw 12-bit samples in a 16-bit file without sBIT) | minmax = each image's
+  # own min..max -> 0..255.
+  config.dataset.high_bit_depth = "auto"
 
   # ---- Input pipeline ----
   config.image_size = 512  # model input H = W; must be divisible by 32

@@ -253,3 +253,201 @@ def test_bad_flags_and_names(tmp_path):
   config.in_channels = 2
   with pytest.raises(ValueError, match=r"in_channels"):
     sources.load_raw_split(config, "test")
+
+
+# ---- Ignored pixels: mask values mapped to "ignore", Labelme's __ignore__ ----
+
+IGNORE = folder.IGNORE_LABEL
+
+
+def test_mask_value_mapped_to_ignore(tmp_path):
+  _split_folders(tmp_path, 1, 0)
+  (tmp_path / "test" / "images").mkdir(parents=True)
+  Image.fromarray(_image(9)).save(tmp_path / "test" / "images" / "p.png")
+  (tmp_path / "test" / "masks").mkdir()
+  mask = _mask(1)
+  mask[20:, :10] = 128  # e.g. an unsure region
+  Image.fromarray(mask).save(tmp_path / "test" / "masks" / "p.png")
+  config = _config(tmp_path, mask_values="0:0,255:1,128:ignore")
+  got = _examples(config, "test")[0]["mask"]
+  np.testing.assert_array_equal(got, np.where(mask == 128, IGNORE, mask // 255))
+  assert sources.num_classes(config) == 2  # the ignore label is no class
+  assert folder.format_mask_values(folder.parse_mask_values("0:0,255:1,128:ignore")) == "0:0,128:ignore,255:1"
+
+
+def test_a_class_colliding_with_the_ignore_label_is_an_error(tmp_path):
+  root = _split_folders(tmp_path, 2, 1)
+  with pytest.raises(ValueError, match=r"--config\.dataset\.mask_values='0:0,1:255'.*255 is reserved"):
+    sources.load_raw_split(_config(root, mask_values="0:0,1:255"), "test")
+  with pytest.raises(ValueError, match=r"--config\.dataset\.labelme_labels maps 'vein' to 255.*reserved"):
+    sources.load_raw_split(_config(root, labelme_labels={"vein": 255}), "test")
+
+
+def test_labelme_ignore_regions_through_the_folder_dataset(tmp_path):
+  # Labelme's example convention: shapes in order, the __ignore__ region (drawn last) excluded.
+  _add(tmp_path / "train", "a", 0, label="json")
+  (tmp_path / "test" / "images").mkdir(parents=True)
+  Image.fromarray(_image(1)).save(tmp_path / "test" / "images" / "b.png")
+  shapes = [{"label": "vein", "points": [[4, 2], [20, 12]], "shape_type": "rectangle"},
+            {"label": "unsure", "points": [[2, 16], [8, 22]], "shape_type": "rectangle"},
+            {"label": "__ignore__", "points": [[16, 8], [30, 20]], "shape_type": "rectangle"}]
+  (tmp_path / "test" / "images" / "b.json").write_text(json.dumps({"shapes": shapes, "imageHeight": H,
+                                                                   "imageWidth": W}))
+  config = _config(tmp_path, labelme_labels={"vein": 1, "unsure": "ignore"})
+  mask = _examples(config, "test")[0]["mask"]
+  assert mask[5, 5] == 1 and mask[10, 18] == IGNORE and mask[18, 5] == IGNORE and mask[0, 31] == 0
+  assert set(np.unique(mask)) == {0, 1, IGNORE}
+  assert sources.num_classes(config) == 2 and sources.foreground_name(config) == "Vein"
+
+
+# ---- Splits by subject: config.dataset.group_pattern ----
+
+_PATTERN = r"^(patient\d+)_"
+
+
+def _grouped_config(root, pattern=_PATTERN, seed=0, **dataset):
+  config = _config(root, seed=seed, **dataset)
+  config.dataset.group_pattern = pattern  # read with .get: works with or without the field in default.py
+  return config
+
+
+def _patients(images_dir, sizes, with_masks=False):
+  """patient<k>_f<j>.png for patient k with sizes[k] frames (images only unless with_masks)."""
+  split_dir = images_dir.parent
+  for k, size in enumerate(sizes):
+    for j in range(size):
+      if with_masks:
+        _add(split_dir, f"patient{k:02d}_f{j}", 7 * k + j)
+      else:
+        images_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(images_dir / f"patient{k:02d}_f{j}.png")
+
+
+def _split_names(config):
+  names = {}
+  for split in ("train", "validation", "test"):
+    try:
+      names[split] = [f.name for f in sources._folder_split_files(config, split)]  # pylint: disable=protected-access
+    except ValueError:
+      continue
+  return names
+
+
+def _old_holdout(n, fraction, seed, salt):
+  """A copy of sources.holdout before group_pattern existed."""
+  selected = np.zeros(n, dtype=bool)
+  if fraction == 0.0:
+    return selected
+  count = min(max(int(round(n * fraction)), 1), n - 1)
+  order = np.random.default_rng([int(seed), salt]).permutation(n)
+  selected[order[:count]] = True
+  return selected
+
+
+def test_without_group_pattern_the_splits_are_exactly_as_before(tmp_path):
+  _patients(tmp_path / "one" / "images", [3, 1, 4, 2, 5, 1, 2])  # 18 files
+  files = sorted(p.name for p in (tmp_path / "one" / "images").iterdir())
+  for seed in range(25):
+    for test_fraction, val_fraction in [(0.4, 0.1), (0.2, 0.25), (0.3, 0.0)]:
+      test = _old_holdout(len(files), test_fraction, seed, 1)
+      train = [f for f, t in zip(files, test) if not t]
+      val = _old_holdout(len(train), val_fraction, seed, 2)
+      want = {"train": [f for f, v in zip(train, val) if not v] if val.any() else train,
+              "test": [f for f, t in zip(files, test) if t]}
+      if val.any():
+        want["validation"] = [f for f, v in zip(train, val) if v]
+      kwargs = dict(seed=seed, test_fraction=test_fraction, validation_fraction=val_fraction)
+      assert _split_names(_config(tmp_path / "one", **kwargs)) == want
+      assert _split_names(_grouped_config(tmp_path / "one", pattern="", **kwargs)) == want
+  # holdout itself is unchanged too.
+  for n, fraction, seed in [(2, 0.5, 0), (10, 0.1, 3), (37, 0.33, 9), (300, 0.1, 0)]:
+    np.testing.assert_array_equal(sources.holdout(n, fraction, seed, 2, "x"), _old_holdout(n, fraction, seed, 2))
+
+
+def test_one_file_per_group_gives_the_ungrouped_selection():
+  for n, fraction, seed in [(2, 0.5, 0), (10, 0.1, 3), (37, 0.33, 9), (300, 0.1, 0), (7, 0.9, 1)]:
+    np.testing.assert_array_equal(sources.holdout_groups([f"g{i}" for i in range(n)], fraction, seed, 1, "x"),
+                                  sources.holdout(n, fraction, seed, 1, "x"))
+
+
+def test_no_group_is_ever_in_two_splits(tmp_path):
+  sizes = [3, 1, 4, 2, 5, 1, 2, 6, 3, 2, 1, 4]  # 12 patients, 34 files
+  _patients(tmp_path / "images", sizes)
+  n = sum(sizes)
+  seen_test = set()
+  for seed in range(60):
+    names = _split_names(_grouped_config(tmp_path, seed=seed, test_fraction=0.3, validation_fraction=0.2))
+    groups = {split: {f.split("_")[0] for f in files} for split, files in names.items()}
+    assert set(names) == {"train", "validation", "test"}
+    assert sum(len(v) for v in names.values()) == n and len(set().union(*names.values())) == n
+    assert not groups["train"] & groups["test"] and not groups["train"] & groups["validation"]
+    assert not groups["validation"] & groups["test"]
+    assert all(groups.values())  # at least one group each
+    # About round(n * fraction) examples: within the largest group of the target.
+    assert abs(len(names["test"]) - round(n * 0.3)) <= max(sizes)
+    n_train = n - len(names["test"])
+    assert abs(len(names["validation"]) - round(n_train * 0.2)) <= max(sizes)
+    seen_test.add(frozenset(groups["test"]))
+  assert len(seen_test) > 20  # the seed decides
+
+
+def test_holdout_groups_edge_cases():
+  groups = ["a"] * 10 + ["b"] * 2 + ["c"] * 3
+  for seed in range(20):
+    selected = sources.holdout_groups(groups, 0.01, seed, 1, "--config.dataset.test_fraction")
+    names = {g for g, s in zip(groups, selected) if s}
+    assert len(names) >= 1 and names != {"a", "b", "c"}
+    assert all(s == selected[groups.index(g)] for g, s in zip(groups, selected))  # whole groups
+    # A fraction that would take everything leaves a group.
+    assert not sources.holdout_groups(groups, 0.99, seed, 1, "x").all()
+  assert not sources.holdout_groups(groups, 0.0, 0, 1, "x").any()
+  # Every group overshoots a 1-example target: the smallest one is taken.
+  assert {g for g, s in zip(groups, sources.holdout_groups(groups, 0.05, 0, 1, "x")) if s} == {"b"}
+  with pytest.raises(ValueError, match=r"--config\.dataset\.test_fraction=0\.2 by group.*1 group.*group_pattern"):
+    sources.holdout_groups(["a"] * 5, 0.2, 0, 1, "--config.dataset.test_fraction")
+  with pytest.raises(ValueError, match=r"must be in \[0, 1\)"):
+    sources.holdout_groups(groups, 1.0, 0, 1, "x")
+
+
+def test_group_splits_load_and_log_their_group_counts(tmp_path):
+  _patients(tmp_path / "images", [3, 2, 4, 1, 2], with_masks=True)
+  config = _grouped_config(tmp_path, seed=1, test_fraction=0.4, validation_fraction=0.25)
+  with mock.patch.object(sources.logging, "info") as info:
+    ids = {split: [e["id"].decode() for e in _examples(config, split)] for split in ("train", "validation", "test")}
+  groups = {split: {i.split("_")[0] for i in v} for split, v in ids.items()}
+  assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["validation"])
+  assert not (groups["validation"] & groups["test"])
+  messages = [call.args[0] % call.args[1:] for call in info.call_args_list if "by subject" in call.args[0]]
+  assert len(messages) == 1, messages  # once, however often the splits are listed
+  for split, names in ids.items():
+    assert f"{split} {len(groups[split])} group(s) / {len(names)} example(s)" in messages[0], messages
+  assert "--config.dataset.group_pattern" in messages[0]
+
+
+def test_whole_match_pattern_and_split_folders(tmp_path):
+  # No capture group: the whole match names the subject. Split folders: validation carved by group from
+  # train; a subject in both train/ and test/ (the user's own folders) is only warned about.
+  _patients(tmp_path / "train" / "images", [2, 3, 1, 2, 2])
+  _patients(tmp_path / "test" / "images", [1])  # patient00 also in train/
+  config = _grouped_config(tmp_path, pattern=r"patient\d+", validation_fraction=0.3)
+  with mock.patch.object(sources.logging, "warning") as warning:
+    names = _split_names(config)
+  train, val = ({f.split("_")[0] for f in names[s]} for s in ("train", "validation"))
+  assert train and val and not train & val and len(names["train"]) + len(names["validation"]) == 10
+  messages = [call.args[0] % call.args[1:] for call in warning.call_args_list]
+  assert any("train/ and test/" in m and "patient00" in m for m in messages), messages
+
+
+def test_group_pattern_errors_name_the_file_and_the_flag(tmp_path):
+  _patients(tmp_path / "images", [2, 2, 2])
+  Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "images" / "scan7.png")
+  split_files = sources._folder_split_files  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match=r"scan7\.png does not match --config\.dataset\.group_pattern="):
+    split_files(_grouped_config(tmp_path), "train")
+  with pytest.raises(ValueError, match=r"patient00_f0\.png matches with an empty group in"):
+    split_files(_grouped_config(tmp_path, pattern=r"^(x?)patient"), "train")
+  with pytest.raises(ValueError, match=r"--config\.dataset\.group_pattern='\(patient' is not a regular"):
+    split_files(_grouped_config(tmp_path, pattern="(patient"), "train")
+  phantom = _grouped_config(tmp_path, name="vein_phantom")
+  with pytest.raises(ValueError, match=r"group_pattern=.*folder dataset.*'vein_phantom'"):
+    sources.num_examples(phantom, "train")

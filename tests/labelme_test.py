@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from veinjax import labels
 from veinjax.data import labelme
 from veinjax.data.decode import BadExampleError
 
@@ -94,3 +95,45 @@ def test_corrupt_json_names_the_file(tmp_path):
   (tmp_path / "other.json").write_text('{"foo": 1}')
   with pytest.raises(BadExampleError, match=r"other\.json.*not a Labelme"):
     labelme.read_labelme(tmp_path / "other.json", LABELS)
+
+
+# ---- Labelme's __ignore__ (labelme2voc's convention) and labels mapped to "ignore" ----
+
+IGNORE = labels.IGNORE_LABEL
+
+
+def test_ignore_label_is_ignored_by_default_and_drawn_in_order(tmp_path):
+  # Labelme's example convention: shapes drawn in file order, a later shape over an earlier one; __ignore__
+  # regions become IGNORE_LABEL (255, VOC's "void"), not a class and not an error.
+  shapes = [_shape("vein", [[0, 0], [40, 40]], "rectangle"),
+            _shape("__ignore__", [[20, 20], [60, 60]], "rectangle"),  # over part of the vein
+            _shape("artery", [[50, 50], [70, 62]], "rectangle")]  # over part of the ignored region
+  mask = labelme.read_labelme(_write(tmp_path / "frame.json", shapes), LABELS)
+  assert mask.dtype == np.uint8 and IGNORE == 255
+  assert mask[10, 10] == 1 and mask[30, 30] == IGNORE and mask[45, 45] == IGNORE
+  assert mask[55, 55] == 2 and mask[5, 70] == 0
+  assert set(np.unique(mask)) == {0, 1, 2, IGNORE}
+  # The same shapes with __ignore__ first: the vein drawn later wins where they overlap.
+  reordered = labelme.rasterize([shapes[1], shapes[0], shapes[2]], 64, 80, LABELS)
+  assert reordered[30, 30] == 1 and reordered[45, 45] == IGNORE and reordered[55, 55] == 2
+
+
+def test_ignore_label_mapped_to_a_class_is_that_class():
+  shapes = [_shape("__ignore__", [[1, 1], [9, 9]], "rectangle")]
+  assert labelme.rasterize(shapes, 16, 16, dict(LABELS, __ignore__=0)).max() == 0
+  assert labelme.rasterize(shapes, 16, 16, dict(LABELS, __ignore__=2))[5, 5] == 2
+
+
+def test_any_label_can_be_mapped_to_ignore():
+  shapes = [_shape("vein", [[0, 0], [9, 9]], "rectangle"), _shape("unsure", [[5, 5], [12, 12]], "rectangle")]
+  for value in ("ignore", IGNORE):  # the config's word, or the label itself (folder.label_map_of gives it)
+    mask = labelme.rasterize(shapes, 16, 16, dict(LABELS, unsure=value))
+    assert mask[2, 2] == 1 and mask[7, 7] == IGNORE and mask[14, 14] == 0
+
+
+def test_a_class_colliding_with_the_ignore_label_is_rejected():
+  shapes = [_shape("vein", [[0, 0], [9, 9]], "rectangle")]
+  with pytest.raises(ValueError, match=r"labelme_labels.*'vein'.*'255'.*reserved"):
+    labelme.rasterize(shapes, 16, 16, {"vein": "255"})
+  with pytest.raises(ValueError, match=r"labelme_labels.*'vein'.*300.*0\.\.254"):
+    labelme.rasterize(shapes, 16, 16, {"vein": 300})

@@ -1,5 +1,6 @@
 """veinjax.metrics: hand-computed cases, an independent numpy reference, batch/padding invariance, HD95."""
 
+import functools
 import math
 
 import jax
@@ -320,3 +321,89 @@ def test_accumulator_result_has_every_key_eval_writes():
     assert key in result
   with pytest.raises(ValueError, match="confusion"):
     acc.add(np.zeros((3, 3)))
+
+
+# ---- ignored pixels (IGNORE_LABEL): neither their truth nor their prediction counts ----
+
+_IGNORE = metrics.IGNORE_LABEL
+
+
+@pytest.mark.parametrize("num_labels", [2, 3])
+def test_confusion_matrix_skips_ignored_pixels_whatever_is_predicted(num_labels):
+  pred, labels = _random_masks(num_labels, n=5, seed=20 + num_labels)
+  rng = np.random.default_rng(30)
+  ignored = rng.random(labels.shape) < 0.3
+  weights = np.array([1, 1, 0, 1, 1], np.float32)
+  with_ignore = np.where(ignored, _IGNORE, labels).astype(np.int32)
+  cm = np.asarray(jax.jit(metrics.confusion_matrix, static_argnums=2)(pred, with_ignore, num_labels, weights))
+  # The reference drops the ignored pixels first: exactly the pixels that are neither ignored nor padding.
+  keep = ~ignored & (weights > 0)[:, None, None]
+  want = np.bincount(labels[keep] * num_labels + pred[keep], minlength=num_labels**2)
+  np.testing.assert_array_equal(cm, want.reshape(num_labels, num_labels))
+  assert cm.sum() == keep.sum()
+  # Any prediction on the ignored pixels gives the same matrix.
+  other = np.where(ignored, (pred + 1) % num_labels, pred).astype(np.int32)
+  np.testing.assert_array_equal(metrics.confusion_matrix(other, with_ignore, num_labels, weights), cm)
+
+
+def test_no_class_can_collide_with_the_ignore_label():
+  assert metrics.num_labels_for_classes(255) == 255  # labels 0..254
+  with pytest.raises(ValueError, match=r"num_classes=256.*255 is reserved"):
+    metrics.num_labels_for_classes(256)
+  with pytest.raises(ValueError, match=r"num_labels=256"):
+    metrics.confusion_matrix(jnp.zeros((1, 2, 2), jnp.int32), jnp.zeros((1, 2, 2), jnp.int32), 256)
+
+
+def test_hd95_drops_ignored_pixels_from_truth_and_prediction():
+  size = 32
+  truth = _square(size, 5, 5, 10)
+  pred = _square(size, 5, 7, 10) | _square(size, 24, 24, 6)  # shift 2, plus a blob in the ignored region
+  ignore = _square(size, 22, 22, 10)
+  assert metrics.hd95(pred, truth) > 10  # the blob counts without the ignore mask
+  assert metrics.hd95(pred, truth, ignore=ignore) == pytest.approx(2)
+  assert metrics.hd95(pred & ~ignore, truth) == metrics.hd95(pred, truth, ignore=ignore)
+  # A structure whose pixels are all ignored on one side is a miss (the diagonal), as any other miss.
+  assert metrics.hd95(_square(size, 24, 24, 6), truth, ignore=ignore) == pytest.approx(math.hypot(size, size))
+  with pytest.raises(ValueError, match="ignore"):
+    metrics.hd95(pred, truth, ignore=ignore[:8])
+
+
+def test_accumulator_ignores_ignored_pixels_in_hd95():
+  size = 32
+  labels = np.zeros((2, size, size), np.int32)
+  labels[:, 5:15, 5:15] = 1
+  labels[:, 20:30, 20:30] = _IGNORE
+  pred = np.zeros((2, size, size), np.int32)
+  pred[:, 5:15, 7:17] = 1  # shift 2
+  pred[0, 22:28, 22:28] = 1  # a prediction inside the ignored region: not a false structure
+  acc = metrics.MetricsAccumulator(1)
+  acc.add_hd95(pred, labels)
+  acc.add(metrics.confusion_matrix(jnp.asarray(pred), jnp.asarray(labels), 2))
+  result = acc.result()
+  assert result["hd95"] == pytest.approx(2) and result["num_examples"] == 2
+  assert acc.confusion.sum() == 2 * (size * size - 100)
+  assert acc.confusion[0, 1] == 2 * 20  # the shift's false positives only
+
+
+def _old_confusion_matrix(pred, labels, num_labels, weights=None):
+  """A verbatim copy of confusion_matrix before ignored pixels existed (f88844d), less its shape checks."""
+  labels = labels.astype(jnp.int32)
+  pred = pred.astype(jnp.int32)
+  valid = (labels >= 0) & (labels < num_labels) & (pred >= 0) & (pred < num_labels)
+  if weights is not None:
+    valid &= (weights > 0).reshape((-1,) + (1,) * (labels.ndim - 1))
+  cell = labels * num_labels + pred
+  one_hot = (cell[..., None] == jnp.arange(num_labels * num_labels)) & valid[..., None]
+  counts = jnp.sum(one_hot.reshape(-1, num_labels * num_labels), axis=0, dtype=jnp.int32)
+  return counts.reshape(num_labels, num_labels).astype(jnp.float32)
+
+
+@pytest.mark.parametrize("num_labels", [2, 3])
+def test_confusion_matrix_is_the_old_computation_op_for_op(num_labels):
+  # Ignored pixels fall out of the range test, so the train and eval steps trace to what they traced before.
+  pred, labels = _random_masks(num_labels, n=3, seed=40)
+  weights = np.array([1, 0, 1], np.float32)
+  new = functools.partial(metrics.confusion_matrix, num_labels=num_labels)
+  old = functools.partial(_old_confusion_matrix, num_labels=num_labels)
+  assert str(jax.make_jaxpr(new)(pred, labels, weights=weights)) == str(
+      jax.make_jaxpr(old)(pred, labels, weights=weights))

@@ -26,6 +26,18 @@ _POSITIVE_FIELDS = ("batch_size", "eval_batch_size", "num_epochs", "eval_every_e
 __all__ = ["EVAL_SPLITS", "SPLITS", "validate_config"]
 
 
+def _check_image_size(size) -> None:
+  """--config.image_size must suit every model (`models.check_input_size`); the message names the flag."""
+  try:
+    models.check_input_size(size, size)
+  except ValueError:
+    divisor = models.layers.SIZE_DIVISOR
+    below, above = int(size) // divisor * divisor, max(-(-int(size) // divisor) * divisor, divisor)
+    choices = " or ".join(str(c) for c in dict.fromkeys((below, above)) if c > 0)
+    raise ValueError(f"--config.image_size={size} is not a positive multiple of {divisor} (the models' input "
+                     f"must divide by {divisor}); use --config.image_size={choices}.") from None
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails fast, naming the flag and the valid choices, on a config that cannot train.
 
@@ -41,7 +53,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   from veinjax.data import sources  # pylint: disable=g-import-not-at-top
   sources.get_source(config)
   pipeline.input_normalization(config)  # input_mean / input_std
-  models.check_input_size(config.image_size, config.image_size)
+  _check_image_size(config.image_size)
   for flag in _POSITIVE_FIELDS:
     if int(config[flag]) < 1:
       raise ValueError(f"--config.{flag} must be >= 1; got {config[flag]}.")

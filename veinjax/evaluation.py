@@ -109,16 +109,30 @@ class PanelWriter:
     self.written += 1
 
 
+def output_stem(split: str, checkpoint: str, step) -> str:
+  """The name under DIR/eval/ of one checkpoint's results on `split`, so that evaluating one checkpoint never
+  overwrites another's: "<split>" for the best checkpoint (as always), "<split>_latest" for the latest,
+  "<split>_step<N>" for a checkpoint directory (N its step)."""
+  if checkpoint == "best":
+    return split
+  if checkpoint == "latest":
+    return f"{split}_latest"
+  return f"{split}_step{step}" if step is not None else f"{split}_{os.path.basename(os.path.normpath(checkpoint))}"
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "best", split: str = "test",
              save_predictions: bool = False) -> dict:
-  """Evaluates a checkpoint of `workdir` on `split`; writes DIR/eval/<split>_metrics.json and returns it.
+  """Evaluates a checkpoint of `workdir` on `split`; writes DIR/eval/<stem>_metrics.json and returns it.
+
+  <stem> names the checkpoint (`output_stem`): <split> for the best checkpoint (test_metrics.json),
+  <split>_latest for the latest, <split>_step<N> for a checkpoint directory.
 
   Args:
     config: the run's config (its model must match the checkpoint's; the data fields pick what is measured).
     workdir: the train.py workdir.
     checkpoint: "best", "latest" or a checkpoint directory.
     split: "train", "validation" or "test".
-    save_predictions: also write input | label | prediction panels to DIR/eval/<split>_predictions/.
+    save_predictions: also write input | label | prediction panels to DIR/eval/<stem>_predictions/.
 
   Returns:
     The metrics (acc, miou, iou, iou_per_class (background first), dice, precision, recall, specificity,
@@ -136,7 +150,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
   out_dir = os.path.join(workdir, "eval")
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
-  writer = PanelWriter(os.path.join(out_dir, f"{split}_predictions")) if save_predictions else None
+  stem = output_stem(split, checkpoint, meta.get("step"))
+  writer = PanelWriter(os.path.join(out_dir, f"{stem}_predictions")) if save_predictions else None
   result = evaluate_split(config, par, steps.wrap_eval_step(config, par, model), par.replicate(tree), split,
                           on_example=writer)
   result.update({"split": split, "checkpoint": checkpoint, "checkpoint_path": meta["path"],
@@ -144,5 +159,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
                  "selected_on": meta.get("eval_split") if checkpoint == "best" else None,
                  "best_metric": meta.get("best_metric")})
   result = workdir_lib.to_jsonable(result)
-  workdir_lib.write_json(os.path.join(out_dir, f"{split}_metrics.json"), result)
+  workdir_lib.write_json(os.path.join(out_dir, f"{stem}_metrics.json"), result)
   return result

@@ -7,7 +7,8 @@ A clip is a video (mp4, avi, mov, mkv, webm: PyAV, which bundles FFmpeg) or a mu
 (Pillow); its frames are named <clip>_<index> and `source.is_clip` is True, with `source.fps`. Images are
 decoded by `veinjax.data.decode.read_image`, as training reads them. A file that cannot be read, a clip with
 no frames, a folder without images or a glob without matches is a `BadExampleError` naming the path and the
-fix; `skip_bad=True` logs and counts unreadable image files (and clip frames) instead.
+fix; `skip_bad=True` logs and counts unreadable image files (and clip frames) instead. 16-bit grayscale
+images become 8 bits by `high_bit_depth` (predict.py: the run's config.dataset.high_bit_depth, as training).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class FrameSource:
   fps: float = _DEFAULT_FPS
   skip_bad: bool = False
   skipped: list[str] = dataclasses.field(default_factory=list)
+  high_bit_depth: str = "auto"  # how 16-bit grayscale becomes 8 bits (veinjax.data.decode.HIGH_BIT_DEPTHS)
 
   def frames(self) -> Iterator[tuple[str, np.ndarray]]:
     if self.is_clip:
@@ -44,7 +46,8 @@ class FrameSource:
       return
     for path in self.files:
       try:
-        yield path.stem if len(self.files) == 1 else _unique_stem(path, self.files), read_image(path)
+        yield (path.stem if len(self.files) == 1 else _unique_stem(path, self.files),
+               read_image(path, self.high_bit_depth))
       except BadExampleError as e:
         if not self.skip_bad:
           raise BadExampleError(f"{e} (or pass --on_bad_frame=skip)") from None
@@ -120,7 +123,8 @@ def _video_fps(path: Path) -> float:
 
 def _clip_frames(source: FrameSource) -> Iterator[tuple[str, np.ndarray]]:
   path = Path(source.path)
-  frames = _video_frames(path) if path.suffix.lower() in VIDEO_EXTENSIONS else _image_sequence(path)
+  frames = (_video_frames(path) if path.suffix.lower() in VIDEO_EXTENSIONS
+            else _image_sequence(path, source.high_bit_depth))
   count = 0
   for frame in frames:
     yield f"{path.stem}_{count:05d}", frame
@@ -141,13 +145,13 @@ def _video_frames(path: Path) -> Iterator[np.ndarray]:
                           "(every frame before the damage has been written).") from None
 
 
-def _image_sequence(path: Path) -> Iterator[np.ndarray]:
+def _image_sequence(path: Path, high_bit_depth: str = "auto") -> Iterator[np.ndarray]:
   from PIL import Image, ImageSequence  # pylint: disable=g-import-not-at-top
   from veinjax.data import decode  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as image:
       for page in ImageSequence.Iterator(image):
-        yield decode.image_to_array(page.copy(), path)
+        yield decode.image_to_array(page.copy(), path, high_bit_depth)
   except (OSError, SyntaxError, ValueError) as e:
     raise BadExampleError(f"cannot decode clip {path}: {e}; re-export it.") from None
 

@@ -5,11 +5,21 @@ Every loss has the signature `loss_fn(logits, labels, weights) -> scalar float32
 - `logits`: [N, H, W, C], any float dtype (bf16 under `config.half_precision`); cast to float32 first, so the
   loss and its gradient are float32 whatever the computation dtype.
 - `labels`: integer [N, H, W] class indices, 0 = background. With one logit (C == 1) the single foreground
-  class is 1. Labels must lie in [0, max(C, 2)); the input pipeline rejects anything else, because a traced
-  function cannot raise on values.
+  class is 1. Labels must lie in [0, max(C, 2)) or be `IGNORE_LABEL` (255, `veinjax.labels`); the input
+  pipeline rejects anything else, because a traced function cannot raise on values.
 - `weights`: float32 [N], 1 for a real example and 0 for padding. The loss is the weighted mean of the
   per-example losses, and each per-example loss is a mean over its pixels (every image has H * W pixels), so
   it is the mean over the real pixels and padding never contributes.
+
+Ignored pixels (label `IGNORE_LABEL`, with `get_loss_fn(..., ignore_label=True)`, the default) count in no
+term: the per-pixel losses (cross-entropy, focal) are averaged over the image's other pixels, and Dice sums
+neither their probabilities nor their targets. Their logits get no gradient. An image whose pixels are all
+ignored has loss 0 (a mean over no pixel is taken as 0, and its Dice is the smoothed 1). Without ignored
+pixels the value equals the plain formula's to float rounding, not bit for bit: XLA divides by a constant
+H * W as a multiplication by its reciprocal, and any extra op changes how it fuses (and rounds) the
+gradient. `ignore_label=False` is the plain formula itself, op for op, for data that cannot hold the ignore
+label: `veinjax.steps` picks it by `veinjax.labels.may_have_ignored_pixels(config)`, so a run on such data
+(the phantoms, the quickstart) computes exactly what it computed before ignored pixels existed.
 
 The names (`config.loss`):
 
@@ -27,13 +37,15 @@ The names (`config.loss`):
   more than two classes).
 """
 
-from typing import Callable
+import functools
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from veinjax import metrics as metrics_lib
+from veinjax.labels import IGNORE_LABEL
 
 LOSS_NAMES = ("bce", "dice", "bce_dice", "focal")
 
@@ -71,6 +83,23 @@ def _binary_terms(logits, labels):
   return logits[..., 0], (labels == 1).astype(jnp.float32)
 
 
+def _kept_pixels(labels):
+  """(bool [N, H, W]: pixels that count, labels with ignored pixels set to 0 so every term stays finite)."""
+  keep = labels != IGNORE_LABEL
+  return keep, jnp.where(keep, labels, 0)
+
+
+def _pixel_mean(per_pixel: jax.Array, keep: jax.Array) -> jax.Array:
+  """Per-example mean [N] of a per-pixel loss over the kept pixels (0 for an image with none).
+
+  `where` rather than a product, so an ignored pixel can leak no NaN; with every pixel kept this is
+  the plain mean up to rounding (see the module docstring).
+  """
+  total = jnp.sum(jnp.where(keep, per_pixel, 0.0), axis=(1, 2))
+  count = jnp.sum(keep, axis=(1, 2), dtype=jnp.int32).astype(jnp.float32)  # exact up to 2**24 pixels
+  return total / jnp.maximum(count, 1.0)
+
+
 def _cross_entropy(logits, labels, num_classes: int) -> jax.Array:
   """Per-pixel cross-entropy [N, H, W]: sigmoid BCE for one logit, softmax CE otherwise."""
   if num_classes == 1:
@@ -93,22 +122,31 @@ def _focal(logits, labels, num_classes: int) -> jax.Array:
   return (1.0 - p_t) ** FOCAL_GAMMA * ce
 
 
-def _dice_per_example(logits, labels, num_classes: int) -> jax.Array:
-  """Per-example soft Dice loss [N]: 1 - mean over foreground classes of the image's soft Dice."""
+def _dice_per_example(logits, labels, num_classes: int, keep: Optional[jax.Array] = None) -> jax.Array:
+  """Per-example soft Dice loss [N]: 1 - mean over foreground classes of the image's soft Dice.
+
+  With `keep` (see `_kept_pixels`; `labels` then hold no ignore label), pixels where it is False add nothing.
+  """
   if num_classes == 1:
     x, t = _binary_terms(logits, labels)
     probs, targets = jax.nn.sigmoid(x)[..., None], t[..., None]
   else:
     probs = jax.nn.softmax(logits, axis=-1)[..., 1:]
     targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)[..., 1:]
+  if keep is not None:
+    probs, targets = jnp.where(keep[..., None], probs, 0.0), jnp.where(keep[..., None], targets, 0.0)
   intersection = jnp.sum(probs * targets, axis=(1, 2))  # [N, foreground classes]
   denominator = jnp.sum(probs, axis=(1, 2)) + jnp.sum(targets, axis=(1, 2))
   dice = (2.0 * intersection + DICE_SMOOTH) / (denominator + DICE_SMOOTH)
   return 1.0 - jnp.mean(dice, axis=-1)
 
 
-def get_loss_fn(name: str, num_classes: int) -> LossFn:
-  """Returns `loss_fn(logits, labels, weights) -> float32 scalar` for `config.loss` = `name`."""
+def get_loss_fn(name: str, num_classes: int, ignore_label: bool = True) -> LossFn:
+  """Returns `loss_fn(logits, labels, weights) -> float32 scalar` for `config.loss` = `name`.
+
+  `ignore_label`: pixels labelled `IGNORE_LABEL` count in no term (see the module docstring). False builds
+  the plain formula, for labels that never hold it (an ignore label would then be a wrong class).
+  """
   if name not in LOSS_NAMES:
     raise ValueError(f"Unknown loss {name!r} (--config.loss); choose one of {', '.join(LOSS_NAMES)}.")
   metrics_lib.num_labels_for_classes(num_classes)  # validates num_classes
@@ -117,13 +155,18 @@ def get_loss_fn(name: str, num_classes: int) -> LossFn:
     logits = jnp.asarray(logits).astype(jnp.float32)
     labels, weights = jnp.asarray(labels), jnp.asarray(weights)
     _check_shapes(logits, labels, weights, num_classes)
+    if ignore_label:
+      keep, labels = _kept_pixels(labels)
+      pixel_mean = functools.partial(_pixel_mean, keep=keep)
+    else:  # the plain formula, op for op (see the module docstring)
+      keep, pixel_mean = None, functools.partial(jnp.mean, axis=(1, 2))
     per_example = jnp.zeros(logits.shape[:1], jnp.float32)
     if name in ("bce", "bce_dice"):
-      per_example += jnp.mean(_cross_entropy(logits, labels, num_classes), axis=(1, 2))
+      per_example += pixel_mean(_cross_entropy(logits, labels, num_classes))
     if name in ("dice", "bce_dice"):
-      per_example += _dice_per_example(logits, labels, num_classes)
+      per_example += _dice_per_example(logits, labels, num_classes, keep)
     if name == "focal":
-      per_example += jnp.mean(_focal(logits, labels, num_classes), axis=(1, 2))
+      per_example += pixel_mean(_focal(logits, labels, num_classes))
     return _weighted_mean(per_example, weights)
 
   loss_fn.__name__ = f"{name}_loss"

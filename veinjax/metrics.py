@@ -11,6 +11,10 @@ image's boundary error, and `MetricsAccumulator` ties both together over an eval
 Labels: `num_labels` counts the background, so a one-logit (binary) model has 2 labels: 0 = background,
 1 = vein (`num_labels_for_classes`). Per-class lists are indexed by label, background first.
 
+Ignored pixels: a truth label of `IGNORE_LABEL` (255, `veinjax.labels`) marks a pixel whose truth is unknown.
+It counts nowhere: `confusion_matrix` skips it (whatever is predicted there) and HD95 removes it from both
+the truth and the predicted mask. No real class can be 255: a model has at most 255 labels (0..254).
+
 Conventions for undefined values (0/0): a ratio whose denominator is 0 is NaN ("undefined"), never 0 or 1:
 e.g. the IoU and Dice of a class absent from both truth and prediction, or the precision of a class that is
 never predicted. Means over classes (mIoU, and the foreground means of a multi-class model) skip NaN entries,
@@ -24,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
+
+from veinjax.labels import IGNORE_LABEL, MAX_LABELS
 
 
 # The scalar metrics of an evaluation (`MetricsAccumulator.result` plus the split's "loss"), each a valid
@@ -42,6 +48,9 @@ def num_labels_for_classes(num_classes: int) -> int:
   if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
     raise ValueError(f"--config.num_classes must be an integer >= 1 (1 = one sigmoid 'vein' logit); "
                      f"got {num_classes!r}.")
+  if num_classes > MAX_LABELS:
+    raise ValueError(f"--config.num_classes={num_classes}: at most {MAX_LABELS} classes (labels "
+                     f"0..{MAX_LABELS - 1}; {IGNORE_LABEL} is reserved for ignored pixels).")
   return max(int(num_classes), 2)
 
 
@@ -66,14 +75,19 @@ def confusion_matrix(pred: jax.Array, labels: jax.Array, num_labels: int,
     weights: optional [N]; examples with weight <= 0 (padding) are not counted. The weight is a mask, not a
       multiplier: every counted pixel counts once.
 
-  Pixels whose label or prediction is outside [0, num_labels) are not counted (the input pipeline rejects
-  such labels). Counting is done in int32 (exact); the float32 result is exact up to 2**24 pixels per cell,
-  i.e. per call, which is 64 images of 512 x 512 all in one cell.
+  Pixels whose label is `IGNORE_LABEL` are not counted, whatever their prediction; nor are pixels whose
+  label or prediction is outside [0, num_labels) (the input pipeline rejects such labels). Counting is done
+  in int32 (exact); the float32 result is exact up to 2**24 pixels per cell, i.e. per call, which is 64
+  images of 512 x 512 all in one cell.
   """
   if pred.shape != labels.shape:
     raise ValueError(f"pred {pred.shape} and labels {labels.shape} must have the same shape.")
+  if num_labels > IGNORE_LABEL:  # then the range test below would count ignored pixels
+    raise ValueError(f"num_labels={num_labels}: at most {IGNORE_LABEL} (labels 0..{IGNORE_LABEL - 1}; "
+                     f"{IGNORE_LABEL} marks ignored pixels).")
   labels = labels.astype(jnp.int32)
   pred = pred.astype(jnp.int32)
+  # The range test drops IGNORE_LABEL (>= num_labels, checked above) with every other out-of-range label.
   valid = (labels >= 0) & (labels < num_labels) & (pred >= 0) & (pred < num_labels)
   if weights is not None:
     if weights.shape != labels.shape[:1]:
@@ -149,7 +163,8 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
   return mask & ~ndimage.binary_erosion(mask, structure=_BOUNDARY_STRUCTURE, border_value=0)
 
 
-def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] = (1.0, 1.0)) -> float:
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] = (1.0, 1.0),
+         ignore: Optional[np.ndarray] = None) -> float:
   """95th-percentile symmetric Hausdorff distance between the boundaries of two [H, W] masks.
 
   The distances from each boundary pixel of one mask to the nearest boundary pixel of the other (Euclidean,
@@ -159,11 +174,19 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] = (1.0, 1
   Empty masks: both empty -> NaN (nothing to measure; the accumulator never counts it). Exactly one empty
   -> the image diagonal in `spacing` units, the largest distance possible in the image, so a missed (or
   hallucinated) structure is penalised as the worst case rather than dropped.
+
+  `ignore` ([H, W] bool, optional): pixels removed from both masks before anything is measured (ignored
+  pixels: neither their truth nor their prediction counts).
   """
   pred = np.asarray(pred).astype(bool)
   truth = np.asarray(truth).astype(bool)
   if pred.ndim != 2 or pred.shape != truth.shape:
     raise ValueError(f"hd95 needs two [H, W] masks of the same shape; got {pred.shape} and {truth.shape}.")
+  if ignore is not None:
+    ignore = np.asarray(ignore).astype(bool)
+    if ignore.shape != pred.shape:
+      raise ValueError(f"ignore must be [H, W] = {pred.shape} like the masks; got {ignore.shape}.")
+    pred, truth = pred & ~ignore, truth & ~ignore
   spacing = tuple(float(s) for s in spacing)
   if len(spacing) != 2 or not all(np.isfinite(s) and s > 0 for s in spacing):
     raise ValueError(f"spacing must be two positive pixel sizes (row, column); got {spacing}.")
@@ -188,7 +211,8 @@ class MetricsAccumulator:
 
   HD95 is computed per real image and foreground class where the truth has that class (a missed structure
   scores the image diagonal, see `hd95`), averaged over those images per class, then over the foreground
-  classes that occur in the split; NaN when none does.
+  classes that occur in the split; NaN when none does. Pixels labelled `IGNORE_LABEL` are removed from both
+  the truth and the predicted mask first (see `hd95`).
   """
 
   def __init__(self, num_classes: int, pixel_spacing_mm: float = 0.0):
@@ -224,10 +248,12 @@ class MetricsAccumulator:
       raise ValueError(f"weights must hold one value per example ({len(pred)}); got {weights.size}.")
     for image_pred, image_label in zip(pred[weights > 0], labels[weights > 0]):
       self.num_examples += 1
+      ignore = image_label == IGNORE_LABEL
+      ignore = ignore if ignore.any() else None  # no ignored pixel: exactly the computation without one
       for c in range(1, self.num_labels):
         truth = image_label == c
         if truth.any():
-          self._hd95[c - 1].append(hd95(image_pred == c, truth))
+          self._hd95[c - 1].append(hd95(image_pred == c, truth, ignore=ignore))
 
   def result(self) -> dict:
     """The split's metrics (see the class docstring)."""

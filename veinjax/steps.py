@@ -24,6 +24,7 @@ import optax
 from flax.training import train_state
 
 from veinjax import checkpoint as checkpoint_lib
+from veinjax import labels as labels_lib
 from veinjax import losses
 from veinjax import metrics as metrics_lib
 from veinjax import models
@@ -167,6 +168,9 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, loss_fn: lo
                axis_name: str | None = None) -> tuple[TrainState, dict]:
   """One optimizer step on a batch {'image' [N,H,W,C], 'label' [N,H,W]}.
 
+  Pixels labelled `veinjax.labels.IGNORE_LABEL` count in neither the loss (if `loss_fn` was built with
+  ignore_label=True, see `veinjax.losses`) nor the confusion matrix.
+
   Returns the new state and {'loss': mean loss of the global batch, 'confusion': the batch's pixel confusion
   matrix (train mode), 'learning_rate': the rate this step used}.
   """
@@ -193,7 +197,8 @@ def eval_step(variables: Mapping[str, PyTree], batch: Mapping[str, jax.Array], *
   """Evaluates a padded batch {'image', 'label', 'valid' bool [N]} with the model's running statistics.
 
   Returns sums over the real examples of all devices ('confusion', 'loss_sum', 'count') and the per-example
-  'prediction' (uint8 class indices [N, H, W]) for the host's HD95 and pictures.
+  'prediction' (uint8 class indices [N, H, W]) for the host's HD95 and pictures. Ignored pixels count as in
+  `train_step` (the prediction is made everywhere; the host's HD95 drops them too).
   """
   logits = apply_fn(variables, batch["image"], train=False)
   labels = batch["label"]
@@ -212,15 +217,22 @@ def predict_logits(model: flax.linen.Module, variables: Mapping[str, PyTree], im
   return model.apply(variables, jnp.asarray(images, jnp.float32), train=False)
 
 
+def config_loss_fn(config) -> losses.LossFn:
+  """The config's loss; it honours ignored pixels where the dataset may have them (the plain formula, op for
+  op, elsewhere: see `veinjax.losses`)."""
+  return losses.get_loss_fn(config.loss, config.num_classes,
+                            ignore_label=labels_lib.may_have_ignored_pixels(config))
+
+
 def wrap_eval_step(config, par: parallel.DataParallel, model: flax.linen.Module) -> Callable:
   """`eval_step` with the config's loss, under `par`'s parallelism."""
-  loss_fn = losses.get_loss_fn(config.loss, config.num_classes)
+  loss_fn = config_loss_fn(config)
   return par.wrap_eval_step(functools.partial(
       eval_step, apply_fn=model.apply, loss_fn=loss_fn, num_classes=config.num_classes))
 
 
 def wrap_train_step(config, par: parallel.DataParallel, learning_rate_fn: optax.Schedule) -> Callable:
   """`train_step` with the config's loss and schedule, under `par`'s parallelism."""
-  loss_fn = losses.get_loss_fn(config.loss, config.num_classes)
+  loss_fn = config_loss_fn(config)
   return par.wrap_train_step(functools.partial(
       train_step, loss_fn=loss_fn, learning_rate_fn=learning_rate_fn, num_classes=config.num_classes))

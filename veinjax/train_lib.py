@@ -1,6 +1,7 @@
 """The training loop: restore or init -> train one epoch -> evaluate and record -> checkpoint, until done.
 
   result = train_and_evaluate(config, workdir)   # train.py
+  result = train_and_evaluate(config, workdir, allow_config_change=True)   # train.py --allow_config_change
 
 The pieces live elsewhere: the model, optimizer and steps in `veinjax.steps`, split evaluation in
 `veinjax.evaluation`, the run's files in `veinjax.workdir`, checkpoints in `veinjax.checkpoint`. A workdir
@@ -11,18 +12,37 @@ holds:
   tensorboard/           TensorBoard event files (curves and image panels)
   checkpoints/           the latest `keep_checkpoints` checkpoints (resume); see veinjax.checkpoint
   checkpoints_best/      the checkpoint with the best `best_metric` on `eval_split`
-  eval/<split>_metrics.json, eval/<split>_predictions/   written by `veinjax.evaluation.evaluate`
+  eval/<split>_metrics.json, eval/<split>_predictions/   written by `veinjax.evaluation.evaluate` (the best
+                         checkpoint; <split>_latest_*, <split>_step<N>_* for the others)
+  config.json.<time>     the config.json a resume with a changed config replaced
 
 A fresh run starts from random variables, a pretrained ResNet encoder (`config.encoder_weights`) or another
 run (`config.init_from`), at step 0 with a fresh optimizer: see `veinjax.initialization`. Running
 `train_and_evaluate` again on a workdir resumes from its latest checkpoint: the state, the position
 in the (deterministic) input pipeline and the running statistics of a partly done epoch are restored, so the
 run ends exactly as an uninterrupted one would (tests/train_lib_test.py).
+
+A resume compares the config with the run's config.json first (input normalisation resolved as recorded;
+fields added to the config since the run was recorded: `workdir.ADDED_FIELDS`). Only RESUME_FREE_FIELDS may
+differ: how long the run goes (num_epochs, unless lr_schedule=cosine, whose decay spans the whole run), how
+often it logs, evaluates and checkpoints, how many checkpoints and summary images it keeps, the evaluation
+batch size (metrics do not depend on it), the HD95 pixel spacing (reporting only), where its data lies
+(dataset.root, dataset.data_dir), and the `compare` block (read by the compare runner only). Any other
+difference (seed, loss, augmentation, ...) would continue the run with another recipe or other data: it is a
+`CheckpointMismatchError` naming the fields, before any data is prepared, unless `allow_config_change=True`,
+which logs each difference. Whenever config.json changes, the old one is kept as config.json.<time>.
+
+Before the first step every split's examples of a `folder` dataset are checked (`sources.check_files`:
+images from their headers, labels read), so a bad test file stops the run at its start rather than eval.py
+after it. A
+training loss that grows 1000-fold over the first step's is warned about (once); a NaN/Inf one stops the
+run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -46,7 +66,16 @@ from veinjax import workdir as workdir_lib
 from veinjax.config_checks import validate_config
 from veinjax.progress import Clock, EpochStats
 
-__all__ = ["train_and_evaluate", "validate_config"]
+__all__ = ["RESUME_FREE_FIELDS", "train_and_evaluate", "validate_config"]
+
+# Config fields a resumed run may change without allow_config_change (see the module docstring); fields under
+# these prefixes as well.
+RESUME_FREE_FIELDS = ("num_epochs", "eval_every_epochs", "log_every_steps", "keep_checkpoints",
+                      "checkpoint_every_steps", "num_summary_images", "eval_batch_size", "pixel_spacing_mm",
+                      "dataset.root", "dataset.data_dir")
+_RESUME_FREE_PREFIXES = ("compare.",)
+# The training loss this many times its first value (this process's first step) is warned about, once.
+DIVERGENCE_FACTOR = 1e3
 
 
 @dataclasses.dataclass
@@ -63,6 +92,7 @@ class _Run:
   p_train_step: Callable = None
   p_eval_step: Callable = None
   writer: summary_writer.SummaryWriter = None
+  config_changes: list = dataclasses.field(default_factory=list)  # (field, recorded, now) of a resume
 
   @property
   def total_steps(self) -> int:
@@ -79,12 +109,15 @@ class _Progress:
   learning_rate: float
   clock: Clock
   last_metrics: dict | None = None
+  first_loss: tuple[int, float] | None = None  # (step, loss) of the first step this process trained
+  warned_divergence: bool = False
 
 
 def _check_data(config, process_count: int) -> int:
   """Steps per epoch, after checking the dataset's classes and that the selection split has examples."""
   from veinjax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   from veinjax.data import sources  # pylint: disable=g-import-not-at-top
+  sources.check_files(config)  # every split, test included (images from their headers): a bad file fails now
   steps_per_epoch = pipeline.steps_per_epoch(config, process_count)
   num_labels = metrics_lib.num_labels_for_classes(config.num_classes)
   dataset_classes = sources.num_classes(config)
@@ -98,20 +131,62 @@ def _check_data(config, process_count: int) -> int:
   return steps_per_epoch
 
 
-def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
+def _is_resume_free(field: str, config: ml_collections.ConfigDict) -> bool:
+  if field == "num_epochs":
+    return config.lr_schedule != "cosine"  # a cosine decay spans num_epochs: another length, another schedule
+  return field in RESUME_FREE_FIELDS or field.startswith(_RESUME_FREE_PREFIXES)
+
+
+def _show(value) -> str:
+  return "(absent)" if value is None else repr(value)
+
+
+def _check_resume_config(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool) -> list:
+  """The differences between `config` (normalisation resolved) and the resumed run's config.json; raises on
+  any beyond RESUME_FREE_FIELDS unless `allow_config_change` (then each is logged)."""
+  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    stored = json.load(f)
+  changes = workdir_lib.config_changes(stored, workdir_lib.config_json(config))
+  refused = [c for c in changes if not _is_resume_free(c[0], config)]
+  if refused and not allow_config_change:
+    shown = "; ".join(f"{field}: {_show(old)} there, {_show(new)} now" for field, old, new in refused)
+    raise checkpoint_lib.CheckpointMismatchError(
+        f"{workdir} holds a run trained with another config: {', '.join(c[0] for c in refused)} "
+        f"{'differs' if len(refused) == 1 else 'differ'} from its {workdir_lib.CONFIG_FILE} ({shown}). "
+        "Resuming would continue that run with another recipe or other data. Give the run's own settings, "
+        "train into a fresh --workdir, or pass "
+        f"--allow_config_change (train.py) to resume anyway (the old {workdir_lib.CONFIG_FILE} is kept "
+        f"beside the new one).")
+  for field, old, new in changes:
+    if _is_resume_free(field, config):
+      logging.info("Resuming with --config.%s changed: %s in %s, %s now.", field, _show(old),
+                   workdir_lib.CONFIG_FILE, _show(new))
+    else:
+      logging.warning("Resuming with --config.%s changed (--allow_config_change): %s in %s, %s now.", field,
+                      _show(old), workdir_lib.CONFIG_FILE, _show(new))
+  return changes
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False) -> _Run:
   """The run's fixed parts. Its config is the caller's with the input normalisation resolved: on a fresh
   start from encoder_weights / init_from (whose files are checked here, before the data is prepared), on a
-  resumed run the one its config.json records."""
+  resumed run the one its config.json records (and the rest of config.json is compared with the config
+  here too, before the data is prepared: `_check_resume_config`)."""
   par = parallel.DataParallel(config.parallelism)
   par.check_batch_size(config.batch_size)
   par.check_batch_size(config.eval_batch_size, "--config.eval_batch_size")
   checkpoints = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints, best_metric=config.best_metric)
+  config_changes = []
   try:
     if checkpoints.latest_step() is None:
       initialization.check_sources(config)
       config = initialization.with_input_normalization(config)
     else:
       config = initialization.with_recorded_normalization(config, workdir)
+      config_changes = _check_resume_config(config, workdir, allow_config_change)
     steps_per_epoch = _check_data(config, jax.process_count())
     learning_rate_fn = steps.create_learning_rate_fn(config, steps_per_epoch)
     model = steps.create_model(config, bn_axis_name=par.axis_name)
@@ -120,7 +195,8 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     raise
   return _Run(config=config, workdir=workdir, par=par, steps_per_epoch=steps_per_epoch,
               num_labels=metrics_lib.num_labels_for_classes(config.num_classes),
-              learning_rate_fn=learning_rate_fn, model=model, checkpoints=checkpoints)
+              learning_rate_fn=learning_rate_fn, model=model, checkpoints=checkpoints,
+              config_changes=config_changes)
 
 
 def _restore_or_init(run: _Run) -> tuple[steps.TrainState, _Progress]:
@@ -168,7 +244,8 @@ def _restore_or_init(run: _Run) -> tuple[steps.TrainState, _Progress]:
 
 def _read_back(run: _Run, pending: list, progress: _Progress) -> None:
   """Adds the pending steps' metrics to the statistics (their copies to the host overlap; a sync point);
-  stops the run at the first non-finite loss."""
+  warns once when the loss has grown DIVERGENCE_FACTOR-fold over the first step's; stops the run at the first
+  non-finite loss."""
   for _, m in pending:  # start every copy before waiting on the first
     jax.tree.map(lambda x: x.copy_to_host_async(), m)
   for step_no, m in pending:
@@ -176,14 +253,33 @@ def _read_back(run: _Run, pending: list, progress: _Progress) -> None:
     loss = float(m["loss"])
     if not math.isfinite(loss):
       raise FloatingPointError(
-          f"The training loss is {loss} at step {step_no} (epoch {progress.epoch + 1}); stopping. No checkpoint "
-          f"was written after step {run.checkpoints.latest_step()}, so the latest and the best "
-          f"(step {run.checkpoints.best_step()}) checkpoints in {run.workdir} are from before the divergence. "
-          "Lower --config.learning_rate, set --config.grad_clip_norm, or check the data.")
+          f"The training loss is {loss} at step {step_no} (epoch {progress.epoch + 1}); stopping. "
+          f"{_saved_before(run)} Lower --config.learning_rate, set --config.grad_clip_norm, or check the data.")
+    if progress.first_loss is None:
+      progress.first_loss = (step_no, loss)
+    elif (not progress.warned_divergence and progress.first_loss[1] > 0
+          and loss >= DIVERGENCE_FACTOR * progress.first_loss[1]):
+      progress.warned_divergence = True
+      logging.warning(
+          "The training loss grew from %.4g at step %d to %.4g at step %d (%.3g times): the run is probably "
+          "diverging. Lower --config.learning_rate (%g now) or set --config.grad_clip_norm.",
+          progress.first_loss[1], progress.first_loss[0], loss, step_no, loss / progress.first_loss[1],
+          run.config.learning_rate)
     progress.epoch_stats.add(loss, m["confusion"])
     progress.interval_stats.add(loss, m["confusion"])
     progress.learning_rate = float(m["learning_rate"])
   pending.clear()
+
+
+def _saved_before(run: _Run) -> str:
+  """Which checkpoints of the run predate a divergence (all of them: none is written after it)."""
+  latest, best = run.checkpoints.latest_step(), run.checkpoints.best_step()
+  if latest is None:
+    return f"No checkpoint yet: {run.workdir} holds none."
+  best_part = (f"and so is the best (step {best})" if best is not None else
+               "and there is no best checkpoint yet (no evaluation has finished)")
+  return (f"No checkpoint was written after step {latest}, so the latest checkpoint in {run.workdir} is from "
+          f"before the divergence, {best_part}.")
 
 
 def _log_progress(run: _Run, progress: _Progress) -> None:
@@ -280,8 +376,11 @@ def _evaluate_and_record(run: _Run, state, progress: _Progress) -> dict:
   return eval_metrics
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False) -> dict:
   """Trains `config` in `workdir` (resuming from its latest checkpoint), evaluating on `config.eval_split`.
+
+  `allow_config_change`: resume even where `config` differs from the run's config.json beyond
+  RESUME_FREE_FIELDS (each difference is logged; the old config.json is kept as config.json.<time>).
 
   Returns:
     {'step', 'epoch', 'best_step', 'best_metric', 'best_value', 'metrics' (the last evaluation),
@@ -291,13 +390,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ValueError: a bad config (the message names the flag and the valid choices).
     FloatingPointError: the training loss became NaN/Inf (the message names the step); no checkpoint is
       written after it, so the latest and best checkpoints are those from before.
-    checkpoint.CheckpointMismatchError: `workdir` holds a checkpoint of another model or config.
+    checkpoint.CheckpointMismatchError: `workdir` holds a checkpoint of another model or config (a resume
+      whose config differs from config.json beyond RESUME_FREE_FIELDS, without allow_config_change).
+    decode.BadExampleError: a file of any split of a `folder` dataset is bad (named with its split).
     FileNotFoundError / pretrained.WeightsError: a fresh start's encoder_weights or init_from cannot be
       read (the message names the flag and the path).
   """
   validate_config(config)
   workdir = os.path.abspath(workdir)
-  run = _setup(config, workdir)
+  run = _setup(config, workdir, allow_config_change)
   config = run.config  # the input normalisation resolved (config.json records it)
   try:
     host_state, progress = _restore_or_init(run)
@@ -305,7 +406,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     run.checkpoints.close()
     raise
   # Written once the workdir's checkpoint (if any) is known to fit this config, so a mistaken config never
-  # overwrites the record of the run that is there.
+  # overwrites the record of the run that is there; a changed one keeps the old record beside it.
+  if run.config_changes:
+    kept = workdir_lib.keep_previous_config(workdir)
+    if kept:
+      logging.info("The config changed on resuming (%s); the previous %s is kept as %s.",
+                   ", ".join(c[0] for c in run.config_changes), workdir_lib.CONFIG_FILE, kept)
   workdir_lib.write_config(workdir, config)
   state = run.par.replicate(host_state)
   del host_state

@@ -12,9 +12,12 @@ import io
 
 import numpy as np
 
+from veinjax.labels import IGNORE_LABEL
+
 # Background black; the first foreground class (the vein) red, then other classes.
 PALETTE = np.array([[0, 0, 0], [230, 40, 40], [40, 200, 60], [50, 110, 240], [240, 200, 30], [200, 60, 220]],
                    np.uint8)
+IGNORE_COLOR = np.array([128, 128, 128], np.uint8)  # ignored pixels of a label (IGNORE_LABEL): gray
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -34,9 +37,9 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def colorize(labels: np.ndarray) -> np.ndarray:
-  """Class indices [H, W] -> uint8 RGB [H, W, 3] (`PALETTE`, cycling past its end)."""
+  """Class indices [H, W] -> uint8 RGB [H, W, 3] (`PALETTE`, cycling past its end; IGNORE_LABEL gray)."""
   labels = np.asarray(labels).astype(np.int64)
-  return PALETTE[labels % len(PALETTE)]
+  return np.where((labels == IGNORE_LABEL)[..., None], IGNORE_COLOR, PALETTE[labels % len(PALETTE)])
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The files of a run's workdir that are not checkpoints: config.json, history.jsonl, metrics JSON.
 
-  DIR/config.json      the resolved config of the run (`write_config`, `load_config`)
+  DIR/config.json      the resolved config of the run (`write_config`, `load_config`; a resume with another
+                       config compares them with `config_changes` and keeps the old one: `keep_previous_config`)
   DIR/history.jsonl    one JSON object per evaluation (`append_history`, `read_history`, `truncate_history`)
   any *.json           strict JSON written atomically (`write_json`), so a reader never sees half a file
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +26,12 @@ import numpy as np
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.jsonl"
+
+# Fields added to the config after runs were recorded, with the value that trains as those runs did: a
+# recorded config without one compares as if it had this value, so older runs stay comparable (resume,
+# compare). dataset.high_bit_depth "auto" reads 16-bit data as before unless a PNG has an sBIT chunk.
+ADDED_FIELDS = {"encoder_weights": "", "init_from": "", "init_from_checkpoint": "best", "init_from_scope": "all",
+                "input_mean": [], "input_std": [], "dataset.high_bit_depth": "auto", "dataset.group_pattern": ""}
 
 
 def to_jsonable(value):
@@ -64,6 +73,43 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   if _is_writer():
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def config_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+  """A config as plain JSON data (tuples become lists), as config.json holds it, so the two compare equal."""
+  if isinstance(config, ml_collections.ConfigDict):
+    return json.loads(config.to_json_best_effort())
+  return json.loads(json.dumps(to_jsonable(config)))
+
+
+def config_changes(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+  """(dotted field, stored value, wanted value) for each field that differs between two config JSONs, in
+  field order (`veinjax.experiments.tables.config_differences`); a field only one has shows `None` on the
+  other side, except the ADDED_FIELDS, which a stored config without them is taken to hold."""
+  from veinjax.experiments import tables  # pylint: disable=g-import-not-at-top
+  stored, wanted = with_added_fields(stored, wanted), tables.flatten(wanted)
+  return [(field, stored.get(field), wanted.get(field)) for field in tables.config_differences(stored, wanted)]
+
+
+def with_added_fields(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
+  """`stored` (flattened to dotted names) with each of ADDED_FIELDS that `wanted` has and it lacks."""
+  from veinjax.experiments import tables  # pylint: disable=g-import-not-at-top
+  stored, wanted = tables.flatten(stored), tables.flatten(wanted)
+  return {**{k: v for k, v in ADDED_FIELDS.items() if k in wanted}, **stored}
+
+
+def keep_previous_config(workdir: str) -> str | None:
+  """Copies DIR/config.json to DIR/config.json.<YYYYmmdd-HHMMSS> (before a changed config replaces it);
+  returns the copy's path (None on other processes or without a config.json)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not _is_writer() or not os.path.exists(path):
+    return None
+  stamp = time.strftime("%Y%m%d-%H%M%S")
+  copy, n = f"{path}.{stamp}", 1
+  while os.path.exists(copy):
+    copy, n = f"{path}.{stamp}-{n}", n + 1
+  shutil.copy2(path, copy)
+  return copy
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

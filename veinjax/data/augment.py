@@ -7,8 +7,10 @@ eagerly, on every process and after a resume.
 Geometric parts (rotation, flips, shift, scale, projective warp) are composed into ONE 3x3 projective matrix
 and applied once with `ImageProjectiveTransformV3`: bilinear for the image, nearest for the mask, so image
 and mask move identically, the image is interpolated once (not blurred once per part), and the mask stays
-integer labels. Intensity parts (gamma, contrast, brightness, speckle) touch only the image, which is clipped
-back to [0, 1].
+integer labels: each output pixel takes the label of one input pixel, so an ignored pixel
+(`veinjax.labels.IGNORE_LABEL`) stays ignored and never becomes a class, nor a class ignored. Pixels the
+transform brings in from outside the frame are background (0) in the mask, black (0) in the image.
+Intensity parts (gamma, contrast, brightness, speckle) touch only the image, which is clipped back to [0, 1].
 
 Each part draws from its own sub-seed (a fixed slot), so switching one part on or off does not change what
 the others draw.
@@ -170,8 +172,8 @@ def augment_example(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor,
       projective, brightness, contrast, gamma, speckle); a part with a zero / False / (1, 1) value is off.
 
   Returns:
-    (image float32 [S, S, C] in [0, 1], mask int32 [S, S] with labels from the input mask or 0 where the
-    geometric transform brought in pixels from outside the frame).
+    (image float32 [S, S, C] in [0, 1], mask int32 [S, S] with labels from the input mask, ignored pixels
+    included, or 0 where the geometric transform brought in pixels from outside the frame).
 
   Raises:
     ValueError: an augmentation setting out of range (names its --config.augment field).

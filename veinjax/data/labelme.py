@@ -12,7 +12,10 @@ them as polygons, or provide a mask PNG instead. Shapes are drawn in file order,
 earlier one where they overlap (as in Labelme's own export); the rest of the image is class 0 (background).
 
 Every label must be mapped to a class by the caller's `label_map` (config.dataset.labelme_labels, e.g.
-{"vein": 1}); an unmapped label is an error naming the file, the label and that flag, never background.
+{"vein": 1}); an unmapped label is an error naming the file, the label and that flag, never background. The
+one exception is labelme2voc's `__ignore__` label: unless `label_map` maps it, its shapes are drawn with
+`IGNORE_LABEL` (255), the pixels that count in no loss and no metric (`veinjax.labels`). Like any shape, an
+`__ignore__` shape overwrites earlier shapes and is overwritten by later ones.
 Rasterisation uses PIL's polygon/ellipse drawing with the outline included, the convention of Labelme's own
 mask export, so masks exported by Labelme and masks rasterised here agree.
 """
@@ -27,6 +30,8 @@ from PIL import Image
 from PIL import ImageDraw
 
 from veinjax.data.decode import BadExampleError
+from veinjax import labels
+from veinjax.labels import IGNORE_LABEL, LABELME_IGNORE
 
 PathLike = Union[str, Path]
 
@@ -50,11 +55,12 @@ def rasterize(shapes: Sequence[dict], height: int, width: int, label_map: Mappin
   Args:
     shapes: the `shapes` list of a Labelme file.
     height, width: mask size (the image's).
-    label_map: label name -> class index (1..255; 0 is background).
+    label_map: label name -> class index (0..254; 0 is background), or `IGNORE_LABEL` / "ignore".
+      `__ignore__` maps to `IGNORE_LABEL` unless listed.
     source: the file name, for error messages.
 
   Returns:
-    uint8 [height, width]; 0 where no shape covers a pixel.
+    uint8 [height, width]; 0 where no shape covers a pixel, `IGNORE_LABEL` where an ignored one does.
   """
   canvas = Image.new("L", (width, height), 0)
   draw = ImageDraw.Draw(canvas)
@@ -62,13 +68,19 @@ def rasterize(shapes: Sequence[dict], height: int, width: int, label_map: Mappin
     if not isinstance(shape, dict):
       raise BadExampleError(f"{source}: shape {index} is not a JSON object; is this a Labelme file?")
     label = shape.get("label")
-    if label not in label_map:
+    if label == LABELME_IGNORE and label not in label_map:
+      value = IGNORE_LABEL
+    elif label not in label_map:
       raise BadExampleError(
           f"{source}: Labelme label {label!r} (shape {index}) is not mapped to a class by "
           f"{_LABELS_FLAG} (now {dict(label_map)}). Add it in your config file, e.g. "
           f"config.dataset.labelme_labels = {dict(label_map, **{label: 1})!r} ({_LABELS_FLAG}.<label>=N "
-          f"on the command line changes only labels already listed), or rename the label in Labelme.")
-    value = int(label_map[label])
+          f"on the command line changes only labels already listed; 'ignore' excludes its pixels from "
+          f"training and metrics), or rename the label in Labelme.")
+    elif label_map[label] == IGNORE_LABEL:  # as folder.label_map_of gives "ignore"
+      value = IGNORE_LABEL
+    else:
+      value = labels.parse_class(label_map[label], _LABELS_FLAG, f"label {label!r}")
     shape_type = shape.get("shape_type") or "polygon"
     points = _points(shape, index, source)
     if shape_type == "rectangle" and len(points) == 4:

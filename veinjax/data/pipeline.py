@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from veinjax import labels as labels_lib
 from veinjax.data import augment
 
 RESIZE_METHODS = ("resize", "letterbox", "crop")
@@ -62,7 +63,7 @@ def _resize_image(image: tf.Tensor, height, width) -> tf.Tensor:
 
 
 def _resize_mask(mask: tf.Tensor, height, width) -> tf.Tensor:
-  """Nearest neighbour, so labels stay labels; the dtype is kept."""
+  """Nearest neighbour, so labels stay labels (an ignored pixel stays IGNORE_LABEL); the dtype is kept."""
   return tf.image.resize(mask[..., None], tf.stack([height, width]), method="nearest")[..., 0]
 
 
@@ -259,12 +260,20 @@ def _prepare_uncached(config, raw: tf.data.Dataset, num_total: int, process_inde
   _check_spec(raw, config)
   size, method = config.image_size, config.resize_method
   max_label = max(config.num_classes, 2) - 1  # num_classes == 1 is one sigmoid logit over labels {0, 1}
+  # IGNORE_LABEL (no loss, no metric) is allowed where the source may produce it; the steps then build the
+  # ignore-aware loss (veinjax.labels.may_have_ignored_pixels). Elsewhere it is out of range, as before.
+  allow_ignore = labels_lib.may_have_ignored_pixels(config)
+
+  def largest_class(mask):
+    if allow_ignore:
+      mask = tf.where(tf.equal(mask, tf.cast(labels_lib.IGNORE_LABEL, mask.dtype)), tf.zeros_like(mask), mask)
+    return tf.reduce_max(mask)
 
   def prepare(index, example):
     image, mask = resize_example(example["image"], example["mask"], size, method)
     return {"index": index, "image": image, "mask": mask, "id": example["id"],
             "image_hw": tf.shape(example["image"])[:2], "mask_hw": tf.shape(example["mask"]),
-            "channels": tf.shape(example["image"])[2], "max_label": tf.reduce_max(example["mask"])}
+            "channels": tf.shape(example["image"])[2], "max_label": largest_class(example["mask"])}
 
   shard = raw.enumerate().shard(process_count, process_index)
   shard = shard.map(prepare, num_parallel_calls=_AUTOTUNE, deterministic=True).batch(32).prefetch(1)
@@ -286,9 +295,13 @@ def _prepare_uncached(config, raw: tf.data.Dataset, num_total: int, process_inde
         raise ValueError(f"{name}: image size {tuple(batch['image_hw'][j])} differs from mask size "
                          f"{tuple(batch['mask_hw'][j])}; fix the mask or its image.")
       if batch["max_label"][j] > max_label:
+        ignore_note = ""
+        if batch["max_label"][j] == labels_lib.IGNORE_LABEL:  # only where the source may not ignore pixels
+          ignore_note = (f"; {labels_lib.IGNORE_LABEL} marks ignored pixels only in the "
+                         f"{', '.join(labels_lib.SOURCES_WITH_IGNORE)} dataset")
         raise ValueError(f"{name}: mask label {batch['max_label'][j]} but --config.num_classes="
                          f"{config.num_classes} allows labels 0..{max_label}; set num_classes to match "
-                         "the dataset (background included).")
+                         f"the dataset (background included){ignore_note}.")
       images[i], masks[i] = batch["image"][j], batch["mask"][j]
       ids[i], indices[i] = batch["id"][j], batch["index"][j]
       i += 1

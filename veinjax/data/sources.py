@@ -3,19 +3,28 @@
   load_raw_split(config, split) -> tf.data.Dataset of {'image': uint8 [H, W, config.in_channels],
                                                        'mask': uint8 [H, W] class indices, 'id': tf.string}
   num_examples(config, split) -> int
+  check_files(config) -> None   (every split's examples, cheaply, before training: `folder` only)
   num_classes(config) -> int   (including background: 2 for a binary vein mask)
   foreground_name(config) -> str   ("Vein", "Vessel", ...: what the foreground IoU and Dice measure)
 
 Datasets (config.dataset.name): `vein_phantom` (TFDS, generated locally), `usgra_seg` (TFDS, from a clone
 given by config.dataset.root), `folder` (the user's own folder, loaded into memory; no TFDS),
 `vein_phantom_random` (TFDS, the domain-randomised phantom, generated locally; the phantom_* fields as for
-`vein_phantom`, and config.dataset.phantom_foreground "vessel" (default) or "vein").
+`vein_phantom`, and config.dataset.phantom_foreground "vessel" (default) or "vein"). 16-bit grayscale
+files of a `folder` dataset become 8 bits by config.dataset.high_bit_depth (`veinjax.data.decode`).
 
 Splits: "train", "validation", "test". A dataset without a validation split gets one carved from train,
 deterministically by config.seed, of config.dataset.validation_fraction of the train examples (train then
 excludes them); validation_fraction=0 means there is none. A single-folder `folder` dataset is first split
 into train/test by config.dataset.test_fraction the same way. Order is deterministic (the file / generation
 order); images may differ in size between examples, the input pipeline resizes them.
+
+Splits by subject (`folder` only): config.dataset.group_pattern, a regular expression searched in each file
+name (e.g. r"^(patient\d+)_"), names the file's group (its first capture group, or the whole match when it
+has none); test_fraction and validation_fraction then hold out whole groups (`holdout_groups`), so no group
+(patient, clip) is in two carved splits. A file name it does not match is an error naming the file and the
+flag. The run logs how many groups and examples each split has. Empty (the default, or absent from the
+config): examples are held out one by one, exactly as without the field.
 
 Channels: config.in_channels=1 gives 8-bit grayscale (colour converted with the ITU-R 601 luma weights,
 0.299 R + 0.587 G + 0.114 B, rounded, as the paper's grayscale input), 3 gives RGB (grayscale replicated).
@@ -25,8 +34,10 @@ import dataclasses
 import functools
 import os
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+import re
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -34,6 +45,9 @@ from veinjax.data import SPLITS
 
 # Salts of the seeded hold-outs, so the test and validation draws are independent of each other.
 _TEST_SALT, _VALIDATION_SALT = 1, 2
+_GROUP_FLAG = "--config.dataset.group_pattern"
+# (root, group_pattern, seed, fractions, split sizes) of the splits whose group counts were logged already.
+_LOGGED_GROUPS = set()
 
 
 def _check_config(config, split: str) -> None:
@@ -44,6 +58,16 @@ def _check_config(config, split: str) -> None:
     raise ValueError(f"--config.in_channels={config.in_channels}; valid: 1 (grayscale) or 3 (RGB).")
   if config.dataset.on_bad_example not in ("error", "skip"):
     raise ValueError(f"--config.dataset.on_bad_example={config.dataset.on_bad_example!r}; valid: error, skip.")
+  if _group_pattern_text(config) and name != "folder":
+    raise ValueError(f"{_GROUP_FLAG}={_group_pattern_text(config)!r} splits the folder dataset by subject; "
+                     f"dataset {name!r} has its own splits. Set it to '' (or use --config.dataset.name=folder).")
+  _high_bit_depth(config)
+
+
+def _high_bit_depth(config) -> str:
+  """config.dataset.high_bit_depth, validated; "auto" where a config (an older config.json) has none."""
+  from veinjax.data import decode  # pylint: disable=g-import-not-at-top
+  return decode.check_high_bit_depth(config.dataset.get("high_bit_depth", "auto"))
 
 
 def holdout(n: int, fraction: float, seed: int, salt: int, what: str) -> np.ndarray:
@@ -61,26 +85,107 @@ def holdout(n: int, fraction: float, seed: int, salt: int, what: str) -> np.ndar
   return selected
 
 
+class _NoSplitError(ValueError):
+  """The dataset has no such split."""
+
+
+def holdout_groups(groups: Sequence[str], fraction: float, seed: int, salt: int, what: str) -> np.ndarray:
+  """A seeded boolean selection of whole groups: `groups[i]` names item i's group (e.g. its patient).
+
+  The groups are drawn in a seeded random order (by `seed` and `salt`, as `holdout`); each is taken if it
+  brings the selected total closer to round(n * fraction) examples (kept within [1, n - 1]), so the total is
+  about that. At least one group is selected (the one closest to the target in size when every group
+  overshoots) and at least one is left. Every item of a group gets the group's value, so a group can never be
+  on both sides. With one item per group (in item order) the selection is exactly `holdout`'s.
+  """
+  if not 0.0 <= fraction < 1.0:
+    raise ValueError(f"{what}={fraction}; it must be in [0, 1).")
+  n = len(groups)
+  if fraction == 0.0:
+    return np.zeros(n, dtype=bool)
+  names = list(dict.fromkeys(groups))  # in order of first appearance: deterministic for sorted files
+  if len(names) < 2:
+    raise ValueError(f"cannot hold out {what}={fraction} by group: the {n} example(s) form {len(names)} "
+                     f"group(s) under {_GROUP_FLAG}; add subjects, fix the pattern, or set {what} to 0.")
+  position = {name: i for i, name in enumerate(names)}
+  member = np.array([position[g] for g in groups], dtype=np.int64)
+  sizes = np.bincount(member, minlength=len(names))
+  target = min(max(int(round(n * fraction)), 1), n - 1)
+  order = np.random.default_rng([int(seed), salt]).permutation(len(names))
+  chosen = np.zeros(len(names), dtype=bool)
+  total = 0
+  for g in order:
+    if chosen.sum() == len(names) - 1:  # leave at least one group
+      break
+    if abs(total + sizes[g] - target) < abs(total - target):
+      chosen[g] = True
+      total += sizes[g]
+  if not chosen.any():  # every group overshoots on its own: the nearest one (first in the order on ties)
+    chosen[min(order, key=lambda g: abs(sizes[g] - target))] = True
+  return chosen[member]
+
+
+def _group_pattern_text(config) -> str:
+  return str(config.dataset.get("group_pattern", "") or "")
+
+
+def _group_pattern(config) -> Optional["re.Pattern"]:
+  """config.dataset.group_pattern compiled, or None when it is empty or absent."""
+  text = _group_pattern_text(config)
+  if not text:
+    return None
+  try:
+    return re.compile(text)
+  except re.error as e:
+    raise ValueError(f"{_GROUP_FLAG}={text!r} is not a regular expression ({e}); e.g. '^(patient\\d+)_' for "
+                     f"files named patient01_frame003.png.") from None
+
+
+def group_of(path, pattern: "re.Pattern") -> str:
+  """The group a file belongs to: `pattern` searched in its name, the first capture group or the match."""
+  name = Path(path).name
+  match = pattern.search(name)
+  group = None if match is None else (match.group(1) if pattern.groups else match.group(0))
+  if not group:
+    why = "does not match" if match is None else "matches with an empty group in"
+    raise ValueError(f"file {path} {why} {_GROUP_FLAG}={pattern.pattern!r}, so its subject (group) is "
+                     f"unknown: rename the file or fix the pattern (searched in the file name; its first "
+                     f"group, or the whole match, names the subject).")
+  return group
+
+
+def _holdout(n: int, fraction: float, seed: int, salt: int, what: str,
+             groups: Optional[Sequence[str]] = None) -> np.ndarray:
+  """`holdout` of n items, or `holdout_groups` when `groups` (one name per item) is given."""
+  if groups is None:
+    return holdout(n, fraction, seed, salt, what)
+  return holdout_groups(groups, fraction, seed, salt, what)
+
+
 def _no_split_error(config, split: str, why: str) -> ValueError:
   fix = ("set --config.dataset.validation_fraction (e.g. 0.1) to carve one from train"
          if split == "validation" else "set --config.dataset.test_fraction (e.g. 0.2) or add a test/ folder")
-  return ValueError(f"dataset {config.dataset.name!r} has no {split!r} split ({why}); {fix}, or evaluate on "
+  return _NoSplitError(f"dataset {config.dataset.name!r} has no {split!r} split ({why}); {fix}, or evaluate on "
                     f"another split (--config.eval_split).")
 
 
 # ---- Which examples: (base split of the underlying dataset, boolean selection over it or None = all) ----
 
 
-def _carve(config, split: str, base_splits: Dict[str, int]) -> Tuple[str, Optional[np.ndarray]]:
-  """Maps a split to (underlying split, selection). base_splits: underlying split -> example count."""
+def _carve(config, split: str, base_splits: Dict[str, int],
+           groups: Optional[Dict[str, Sequence[str]]] = None) -> Tuple[str, Optional[np.ndarray]]:
+  """Maps a split to (underlying split, selection). base_splits: underlying split -> example count.
+
+  groups: underlying split -> each example's group (`group_of`); validation is then carved by whole groups.
+  """
   if split == "test":
     if "test" not in base_splits:
       raise _no_split_error(config, split, "it has none")
     return "test", None
   if "validation" in base_splits:  # The dataset's own validation split: nothing to carve.
     return split, None
-  val = holdout(base_splits["train"], config.dataset.validation_fraction, config.seed, _VALIDATION_SALT,
-                "--config.dataset.validation_fraction")
+  val = _holdout(base_splits["train"], config.dataset.validation_fraction, config.seed, _VALIDATION_SALT,
+                 "--config.dataset.validation_fraction", None if groups is None else groups["train"])
   if split == "validation":
     if not val.any():
       raise _no_split_error(config, split, "none is provided and --config.dataset.validation_fraction=0")
@@ -149,22 +254,60 @@ def _tfds_split(make_builder, config, split: str):
 def _folder_split_files(config, split: str) -> List[Path]:
   from veinjax.data import folder  # pylint: disable=g-import-not-at-top
   layout = folder.find_layout(config.dataset.root)
+  pattern = _group_pattern(config)
   if folder.SINGLE in layout:
     files = folder.list_images(layout[folder.SINGLE])
-    test = holdout(len(files), config.dataset.test_fraction, config.seed, _TEST_SALT,
-                   "--config.dataset.test_fraction")
+    test = _holdout(len(files), config.dataset.test_fraction, config.seed, _TEST_SALT,
+                    "--config.dataset.test_fraction",
+                    None if pattern is None else [group_of(f, pattern) for f in files])
     lists = {"train": [f for f, t in zip(files, test) if not t]}
     if test.any():
       lists["test"] = [f for f, t in zip(files, test) if t]
   else:
     lists = {name: folder.list_images(path) for name, path in layout.items()}
+  groups = None if pattern is None else {k: [group_of(f, pattern) for f in v] for k, v in lists.items()}
+  if groups is not None:
+    _log_groups(config, layout, lists, groups)
   if split == "test" and "test" not in lists:
     why = ("--config.dataset.test_fraction=0" if folder.SINGLE in layout
            else f"no {Path(config.dataset.root) / 'test' / 'images'}")
     raise _no_split_error(config, split, why)
-  base, selection = _carve(config, split, {k: len(v) for k, v in lists.items()})
+  base, selection = _carve(config, split, {k: len(v) for k, v in lists.items()}, groups)
   files = lists[base]
   return files if selection is None else [f for f, s in zip(files, selection) if s]
+
+
+def _log_groups(config, layout: Dict[str, Path], lists: Dict[str, List[Path]],
+                groups: Dict[str, List[str]]) -> None:
+  """Logs, once per split layout, how many groups and examples each split has, and warns when split
+  folders the user made share a group (only the carved splits are kept apart by construction)."""
+  from veinjax.data import folder  # pylint: disable=g-import-not-at-top
+  counts = {k: len(v) for k, v in lists.items()}
+  ds = config.dataset
+  key = (str(ds.root), _group_pattern_text(config), int(config.seed), float(ds.test_fraction),
+         float(ds.validation_fraction), tuple(sorted(counts.items())))
+  if key in _LOGGED_GROUPS:
+    return
+  split_groups = {}
+  for split in SPLITS:
+    if split not in lists and not (split == "validation" and ds.validation_fraction > 0):
+      continue  # no such split (its absence is an error only when it is asked for)
+    base, selection = _carve(config, split, counts, groups)
+    names = groups[base] if selection is None else [g for g, s in zip(groups[base], selection) if s]
+    split_groups[split] = names
+  _LOGGED_GROUPS.add(key)
+  logging.info("Folder dataset split by subject (%s=%r): %s.", _GROUP_FLAG, _group_pattern_text(config),
+               ", ".join(f"{split} {len(set(names))} group(s) / {len(names)} example(s)"
+                         for split, names in split_groups.items()))
+  if folder.SINGLE not in layout:
+    folders = [split for split in SPLITS if split in lists]
+    for i, a in enumerate(folders):
+      for b in folders[i + 1:]:
+        shared = sorted(set(groups[a]) & set(groups[b]))
+        if shared:
+          logging.warning("The %s/ and %s/ folders share %d group(s) under %s (%s%s): the split folders are "
+                          "used as given, so these subjects are in both splits.", a, b, len(shared),
+                          _GROUP_FLAG, ", ".join(shared[:5]), ", ..." if len(shared) > 5 else "")
 
 
 def _stat_key(files: List[Path]) -> tuple:
@@ -183,11 +326,11 @@ def _stat_key(files: List[Path]) -> tuple:
 
 @functools.lru_cache(maxsize=8)
 def _load_folder_cached(key: tuple, files: tuple, mask_values: str, labelme_labels: tuple, on_bad: str,
-                        what: str):
+                        what: str, high_bit_depth: str = "auto"):
   del key  # Only part of the cache key.
   from veinjax.data import folder  # pylint: disable=g-import-not-at-top
   spec = folder.LabelSpec(folder.parse_mask_values(mask_values), dict(labelme_labels))
-  return folder.load_examples(list(files), spec, on_bad, what=what)
+  return folder.load_examples(list(files), spec, on_bad, what=what, high_bit_depth=high_bit_depth)
 
 
 def _folder_examples(config, split: str) -> list:
@@ -196,7 +339,23 @@ def _folder_examples(config, split: str) -> list:
   labels = tuple(sorted(folder.label_map_of(config.dataset.labelme_labels).items()))
   folder.parse_mask_values(config.dataset.mask_values)  # Fails early on a bad flag.
   return _load_folder_cached(_stat_key(files), tuple(files), str(config.dataset.mask_values), labels,
-                             config.dataset.on_bad_example, f"folder dataset's {split!r} split")
+                             config.dataset.on_bad_example, f"folder dataset's {split!r} split",
+                             _high_bit_depth(config))
+
+
+def _check_folder_files(config) -> None:
+  """Every split's examples are good (`folder.check_files`: images from their headers, labels read);
+  nothing to check when bad examples are skipped anyway (on_bad_example=skip)."""
+  from veinjax.data import folder  # pylint: disable=g-import-not-at-top
+  if config.dataset.on_bad_example == "skip":
+    return
+  spec = folder.label_spec(config.dataset)
+  for split in SPLITS:
+    try:
+      files = _folder_split_files(config, split)
+    except _NoSplitError:
+      continue
+    folder.check_files(files, spec, split)
 
 
 def _folder_dataset(examples: list) -> tf.data.Dataset:
@@ -247,11 +406,14 @@ class Source:
     'id'}, its example count); the split's selection (carving) is the source's job.
   num_classes: config -> classes including background.
   foreground_name: config -> what the foreground IoU / Dice measure ("Vein", "Vessel", ...).
+  check_files: config -> None, raising on a bad file of any split, cheaply (before training); None where
+    a source has no files of the user's to check (generated or prepared datasets).
   """
   name: str
   load: Callable[..., Tuple[tf.data.Dataset, int]]
   num_classes: Callable[..., int]
   foreground_name: Callable[..., str]
+  check_files: Optional[Callable[..., None]] = None
 
 
 def _load_folder(config, split: str):
@@ -286,7 +448,7 @@ def _usgra_classes(config) -> Tuple[int, str]:
 _SOURCES = {source.name: source for source in (
     Source("vein_phantom", functools.partial(_tfds_split, _phantom_builder), lambda config: 2,
            lambda config: "Vein"),
-    Source("folder", _load_folder, _folder_classes, _folder_foreground),
+    Source("folder", _load_folder, _folder_classes, _folder_foreground, _check_folder_files),
     Source("usgra_seg", functools.partial(_tfds_split, _usgra_builder), lambda config: _usgra_classes(config)[0],
            lambda config: _usgra_classes(config)[1]),
     Source("vein_phantom_random", functools.partial(_tfds_split, _random_phantom_builder), lambda config: 2,
@@ -326,6 +488,15 @@ def num_examples(config, split: str) -> int:
   """How many examples load_raw_split(config, split) yields."""
   _check_config(config, split)
   return get_source(config).load(config, split)[1]
+
+
+def check_files(config) -> None:
+  """Checks every split's files before training, so that a bad file of, e.g., the test split stops the run
+  before its first step rather than eval.py after it (`folder` datasets; a no-op for the others)."""
+  _check_config(config, "train")
+  source = get_source(config)
+  if source.check_files is not None:
+    source.check_files(config)
 
 
 def num_classes(config) -> int:

@@ -101,16 +101,11 @@ def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-# Fields added after runs were recorded, with the value that trains exactly as those runs did: a stored
-# config without them is compared as if it had these values (so finished runs stay valid).
-_ADDED_FIELDS = {"encoder_weights": "", "init_from": "", "init_from_checkpoint": "best",
-                 "init_from_scope": "all", "input_mean": [], "input_std": []}
-
-
 def _check_same_config(stored: Mapping[str, Any], wanted: Mapping[str, Any], workdir: str,
                        which: str) -> None:
-  stored = {**{k: v for k, v in _ADDED_FIELDS.items() if k in wanted}, **stored}
-  differences = tables.config_differences(stored, wanted)
+  # Fields added after runs were recorded (workdir.ADDED_FIELDS) compare as the value that trains exactly as
+  # those runs did, so finished runs stay valid.
+  differences = tables.config_differences(workdir_lib.with_added_fields(stored, wanted), wanted)
   if differences:
     raise ValueError(
         f"{workdir} holds {which} run with a different config (fields: {', '.join(differences)}). "
