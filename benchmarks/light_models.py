@@ -1,8 +1,8 @@
 r"""Light models for real time: parameters, forward GFLOPs and CPU inference time per frame.
 
-  python benchmarks/light_models.py                 # 256x256x1, batch 1, one CPU core
-  python benchmarks/light_models.py --cores=0       # every core of this process's affinity mask
-  python benchmarks/light_models.py --models=light_unet:mobilenetv3_large,ultralight_unet --size=512
+  python -m benchmarks.light_models                 # 256x256x1, batch 1, one CPU core
+  python -m benchmarks.light_models --cores=0       # every core of this process's affinity mask
+  python -m benchmarks.light_models --models=light_unet:mobilenetv3_large,ultralight_unet --size=512
 
 For each candidate (`model` or `model:encoder`): parameters, forward GFLOPs per image (XLA's cost analysis,
 `veinjax.models.cost`, as the model table), and the median wall time of the jitted eval-mode forward pass
@@ -27,8 +27,6 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
-# Runnable as a script from anywhere in the checkout.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _DEFAULT_MODELS = ["resnet34_unet", "encoder_unet:mobilenetv3_small", "light_unet:mobilenetv3_large",
                    "light_unet", "ultralight_unet"]

@@ -1,8 +1,8 @@
 r"""Prints the model table: parameters and forward GFLOPs per image for every model of the zoo.
 
-  python benchmarks/model_table.py                     # 512x512 grayscale, 1 class, batch 1
-  python benchmarks/model_table.py --size=256 --in_channels=3
-  python benchmarks/model_table.py --models=encoder_unet:mobilenetv3_small,light_unet,ultralight_unet
+  python -m benchmarks.model_table                     # 512x512 grayscale, 1 class, batch 1
+  python -m benchmarks.model_table --size=256 --in_channels=3
+  python -m benchmarks.model_table --models=encoder_unet:mobilenetv3_small,light_unet,ultralight_unet
 
 Parameters count weights, biases and BatchNorm scale and bias (not the BN running statistics).
 FLOPs are XLA's cost analysis of the compiled eval-mode forward pass (`train=False`), divided by the
@@ -19,13 +19,11 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
-# Runnable as a script from anywhere in the checkout.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
+import jax
 
-from veinjax import models  # noqa: E402
-from veinjax.models.cost import measure  # noqa: E402
+from veinjax import models
+from veinjax.models.cost import measure
 
 # Every model once; encoder_unet on a MobileNet (on its default resnet34 it is resnet34_unet's row).
 _DEFAULT_MODELS = [name for name in models.MODEL_NAMES if name != "encoder_unet"]
