@@ -30,6 +30,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the check
 from ml_collections import config_flags
 import tensorflow as tf
 
+from benchmarks import synthetic
 from veinjax.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(_ROOT, "configs", "default.py"),
@@ -44,18 +45,6 @@ _PASSES = flags.DEFINE_integer("passes", 5, "Timed epochs after the warm-up epoc
 _ALL_ON = {"rotation_degrees": 15.0, "hflip": True, "vflip": True, "shift_fraction": 0.1,
            "scale_range": (0.9, 1.1), "projective": 0.05, "brightness": 0.1, "contrast": 0.2, "gamma": 0.2,
            "speckle": 0.1}
-
-
-def _synthetic_frame(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-  """A speckled grey frame with 1 to 3 dark ellipses; the ellipses are the mask."""
-  ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-  mask = np.zeros((size, size), np.uint8)
-  for _ in range(rng.integers(1, 4)):
-    cy, cx = rng.uniform(0.2, 0.8, 2) * size
-    ay, ax = rng.uniform(0.04, 0.12, 2) * size
-    mask |= (((ys - cy) / ay) ** 2 + ((xs - cx) / ax) ** 2 < 1.0).astype(np.uint8)
-  image = 0.5 * rng.rayleigh(1.0, (size, size)) * np.where(mask, 0.1, 1.0)
-  return np.clip(image * 180, 0, 255).astype(np.uint8), mask
 
 
 def _in_memory(images, masks) -> tf.data.Dataset:
@@ -95,7 +84,7 @@ def _raw_split(config, source: str, num_examples: int, tmp_dir: str) -> tuple[st
       frames = [phantom.generate_example((1, i), size) for i in range(num_examples)]
       return "veinjax.data.phantom.generate_example", _in_memory(*zip(*frames))
   rng = np.random.default_rng(0)
-  frames = [_synthetic_frame(rng, size) for _ in range(num_examples)]
+  frames = [synthetic.synthetic_frame(rng, size) for _ in range(num_examples)]
   return "synthetic ellipses", _in_memory(*zip(*frames))
 
 

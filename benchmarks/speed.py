@@ -73,6 +73,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from benchmarks import synthetic
 from veinjax import models
 from veinjax import parallel
 from veinjax import steps
@@ -377,20 +378,10 @@ def measure_infer(config, *, infer_batch: int = 32, num_steps: int = 5, warmup: 
 
 
 def _synthetic_frames(num: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """uint8 speckled frames [n, S, S, 1] with 1-3 dark ellipses, and the ellipses as masks [n, S, S]."""
+  """uint8 frames [n, S, S, 1] and masks [n, S, S] of `benchmarks.synthetic.synthetic_frame`."""
   rng = np.random.default_rng(seed)
-  ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-  images, masks = [], []
-  for _ in range(num):
-    mask = np.zeros((size, size), np.uint8)
-    for _ in range(rng.integers(1, 4)):
-      cy, cx = rng.uniform(0.2, 0.8, 2) * size
-      ay, ax = rng.uniform(0.04, 0.12, 2) * size
-      mask |= (((ys - cy) / ay) ** 2 + ((xs - cx) / ax) ** 2 < 1.0).astype(np.uint8)
-    image = 0.5 * rng.rayleigh(1.0, (size, size)) * np.where(mask, 0.1, 1.0)
-    images.append(np.clip(image * 180, 0, 255).astype(np.uint8)[..., None])
-    masks.append(mask)
-  return np.stack(images), np.stack(masks)
+  frames = [synthetic.synthetic_frame(rng, size) for _ in range(num)]
+  return np.stack([f for f, _ in frames])[..., None], np.stack([m for _, m in frames])
 
 
 def measure_pipeline(config, *, epochs: int = 5, num_examples: int = 64) -> dict:

@@ -1,6 +1,5 @@
 """Tests for veinjax.data.augment: alignment of image and mask, determinism, eager == tf.data."""
 
-import copy
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ import tensorflow as tf
 
 from veinjax.data import augment
 
-from conftest import load_config
+from conftest import augment_config
 
 _SIZE = 64
 _GEOMETRIC = {  # one part on at a time, at a strength that visibly moves a 64 px frame
@@ -24,21 +23,9 @@ _GEOMETRIC = {  # one part on at a time, at a strength that visibly moves a 64 p
 _INTENSITY = {"brightness": 0.2, "contrast": 0.3, "gamma": 0.3, "speckle": 0.2}
 
 
-def _default_augment():
-  return load_config("default").augment
-
-
 def _aug(**parts):
   """config.augment with every part off, then `parts` switched on."""
-  cfg = copy.deepcopy(_default_augment())
-  cfg.enabled = True
-  cfg.rotation_degrees = cfg.shift_fraction = cfg.projective = 0.0
-  cfg.brightness = cfg.contrast = cfg.gamma = cfg.speckle = 0.0
-  cfg.hflip = cfg.vflip = False
-  cfg.scale_range = (1.0, 1.0)
-  for key, value in parts.items():
-    cfg[key] = value
-  return cfg
+  return augment_config(**parts)
 
 
 def _all_on():

@@ -55,6 +55,17 @@ def tiny_config(data_dir: str, **overrides):
   return override(config, **overrides)
 
 
+def augment_config(**parts):
+  """configs/default.py's augment block with every part off, then `parts` switched on."""
+  cfg = load_config("default").augment
+  cfg.enabled = True
+  cfg.rotation_degrees = cfg.shift_fraction = cfg.projective = 0.0
+  cfg.brightness = cfg.contrast = cfg.gamma = cfg.speckle = 0.0
+  cfg.hflip = cfg.vflip = False
+  cfg.scale_range = (1.0, 1.0)
+  return override(cfg, **parts)
+
+
 def override(config, **overrides):
   """Sets dotted fields in place, e.g. override(config, **{"dataset.phantom_size": 32}); returns config."""
   for key, value in overrides.items():

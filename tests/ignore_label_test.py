@@ -1,7 +1,6 @@
 """The ignore label end to end: the constant, resizing and augmentation keep it, the pipeline lets it through
 only where the source may have it, the train and eval steps (one sigmoid logit and softmax) honour it."""
 
-import copy
 import functools
 
 import flax.linen as nn
@@ -20,7 +19,7 @@ from veinjax import viz
 from veinjax.data import augment
 from veinjax.data import pipeline
 
-from conftest import load_config
+from conftest import augment_config, load_config
 
 IGNORE = labels.IGNORE_LABEL
 
@@ -77,22 +76,10 @@ def test_resizing_keeps_ignored_pixels_exactly_where_nearest_puts_them(method):
   assert (resized == IGNORE).any()
 
 
-def _augment_config(**parts):
-  cfg = copy.deepcopy(load_config("default").augment)
-  cfg.enabled = True
-  cfg.rotation_degrees = cfg.shift_fraction = cfg.projective = 0.0
-  cfg.brightness = cfg.contrast = cfg.gamma = cfg.speckle = 0.0
-  cfg.hflip = cfg.vflip = False
-  cfg.scale_range = (1.0, 1.0)
-  for key, value in parts.items():
-    cfg[key] = value
-  return cfg
-
-
 def test_augmentation_moves_ignored_pixels_with_the_mask_and_brings_in_background():
   mask = _mask_with_ignore((48, 48)).astype(np.int32)
   image = np.zeros((48, 48, 1), np.float32)
-  cfg = _augment_config(rotation_degrees=30.0, hflip=True, shift_fraction=0.25, scale_range=(0.7, 1.3),
+  cfg = augment_config(rotation_degrees=30.0, hflip=True, shift_fraction=0.25, scale_range=(0.7, 1.3),
                         projective=0.08, gamma=0.3, speckle=0.2)
   brought_in = 0
   for k in range(8):
