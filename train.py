@@ -37,6 +37,9 @@ def main(argv):
   cli.quiet_library_logs(__file__)
   result = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                         allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  if result["preempted"]:
+    logging.info("Preempted at step %d: the checkpoint is written. Resume with the same command.", result["step"])
+    return
   logging.info("Done: step %d, best %s %.4f at step %s. Evaluate on the test split with: %s", result["step"],
                result["best_metric"], result["best_value"] if result["best_value"] is not None else float("nan"),
                result["best_step"], cli.shell_command("python", "eval.py", f"--workdir={result['workdir']}"))

@@ -60,6 +60,7 @@ from veinjax import initialization
 from veinjax import metrics as metrics_lib
 from veinjax import models
 from veinjax import parallel
+from veinjax import preemption
 from veinjax import steps
 from veinjax import summary_writer
 from veinjax import workdir as workdir_lib
@@ -92,6 +93,7 @@ class _Run:
   p_train_step: Callable = None
   p_eval_step: Callable = None
   writer: summary_writer.SummaryWriter = None
+  preemption: preemption.PreemptionWatcher = None  # SIGTERM -> checkpoint and stop (see veinjax.preemption)
   config_changes: list = dataclasses.field(default_factory=list)  # (field, recorded, now) of a resume
 
   @property
@@ -335,9 +337,13 @@ def _train_one_epoch(run: _Run, state, progress: _Progress):
     if progress.step % config.log_every_steps == 0 or progress.step == run.total_steps:
       _read_back(run, pending, progress)
       _log_progress(run, progress)
-    if every_steps and progress.step % every_steps == 0 and progress.step % run.steps_per_epoch:
-      _read_back(run, pending, progress)
-      _save(run, state, progress, None)
+    if progress.step % run.steps_per_epoch:  # mid-epoch (an epoch's last step is saved after its evaluation)
+      preempted = run.preemption.reached(progress.step)
+      if preempted or (every_steps and progress.step % every_steps == 0):
+        _read_back(run, pending, progress)
+        _save(run, state, progress, None)
+      if preempted:
+        raise preemption.Preempted(progress.step)
   _read_back(run, pending, progress)
   jax.block_until_ready(state.step)
   progress.clock.lap(progress.step)
@@ -384,7 +390,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
 
   Returns:
     {'step', 'epoch', 'best_step', 'best_metric', 'best_value', 'metrics' (the last evaluation),
-    'workdir'}.
+    'workdir', 'preempted'}. `preempted`: a SIGTERM stopped the run after `step`, with a checkpoint of that
+    step (mid-epoch position included) written; calling again resumes exactly (veinjax.preemption).
 
   Raises:
     ValueError: a bad config (the message names the flag and the valid choices).
@@ -418,6 +425,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
   run.p_train_step = steps.wrap_train_step(config, run.par, run.learning_rate_fn)
   run.p_eval_step = steps.wrap_eval_step(config, run.par, run.model)
   run.writer = summary_writer.SummaryWriter(os.path.join(workdir, "tensorboard"))
+  run.preemption = preemption.PreemptionWatcher()
+  preempted = False
   try:
     while progress.epoch < config.num_epochs:
       state = _train_one_epoch(run, state, progress)
@@ -428,10 +437,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
       progress.epoch_stats = EpochStats(run.num_labels)
       _save(run, state, progress, eval_metrics)
       progress.clock.lap(progress.step, count=False)  # evaluation and saving are not training time
+      if progress.epoch < config.num_epochs and run.preemption.reached(progress.step):
+        raise preemption.Preempted(progress.step)
+  except preemption.Preempted:
+    preempted = True
+    logging.warning("Preempted: stopped after step %d with a checkpoint written; run the same command again "
+                    "to resume from it.", progress.step)
   finally:
+    run.preemption.close()
     run.checkpoints.wait()
     run.checkpoints.close()
     run.writer.close()
   return {"step": progress.step, "epoch": progress.epoch, "best_step": run.checkpoints.best_step(),
           "best_metric": config.best_metric, "best_value": run.checkpoints.best_value,
-          "metrics": progress.last_metrics, "workdir": workdir}
+          "metrics": progress.last_metrics, "workdir": workdir, "preempted": preempted}

@@ -45,6 +45,7 @@ from veinjax import evaluation
 from veinjax import inference
 from veinjax import initialization
 from veinjax import models as models_lib
+from veinjax import preemption
 from veinjax import timing
 from veinjax import train_lib
 from veinjax import workdir as workdir_lib
@@ -139,7 +140,8 @@ def train_or_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str
   logging.info("%s seed %d: training in %s (resumes from its latest checkpoint if any).",
                config.model, config.seed, workdir)
   start = time.perf_counter()
-  train_lib.train_and_evaluate(config, workdir)
+  if train_lib.train_and_evaluate(config, workdir)["preempted"]:  # SIGTERM: the checkpoint is written
+    raise preemption.Preempted(f"{config.model} seed {config.seed} in {workdir}")
   metrics = evaluation.evaluate(config, workdir, checkpoint="best", split="test")
   record = {
       "model": config.model,
@@ -325,7 +327,11 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.quiet_library_logs(__file__)
-  result = run_comparison(flags.FLAGS.config, flags.FLAGS.workdir)
+  try:
+    result = run_comparison(flags.FLAGS.config, flags.FLAGS.workdir)
+  except preemption.Preempted as e:
+    logging.info("Preempted (%s): its checkpoint is written; run the same command again to resume.", e)
+    return
   if jax.process_index() == 0:
     with open(result["files"]["table1.md"]) as f:
       print(f.read())
