@@ -32,6 +32,10 @@ _SAVE_PREDICTIONS = flags.DEFINE_bool(
     "save_predictions", False,
     "Also write input | label | prediction PNGs to WORKDIR/eval/<split>_predictions (best; "
     "<split>_latest_predictions, <split>_step<N>_predictions for the others).")
+_DATASET_CONFIG = config_flags.DEFINE_config_file(
+    "dataset_config", None, "Evaluate on another dataset: a config file whose `dataset` block replaces the "
+    "run's (e.g. configs/usgra_seg.py for a phantom-trained run); results go to "
+    "WORKDIR/eval/<dataset>_<split>_metrics.json.", lock_config=True)
 flags.mark_flag_as_required("workdir")
 
 
@@ -40,8 +44,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   cli.quiet_library_logs(__file__)
   config = _CONFIG.value if _CONFIG.value is not None else workdir_lib.load_config(_WORKDIR.value)
+  prefix = ""
+  if _DATASET_CONFIG.value is not None:
+    config = evaluation.with_dataset_of(config, _DATASET_CONFIG.value)
+    prefix = f"{config.dataset.name}_"
   metrics = evaluation.evaluate(config, _WORKDIR.value, checkpoint=_CHECKPOINT.value, split=_SPLIT.value,
-                               save_predictions=_SAVE_PREDICTIONS.value)
+                               save_predictions=_SAVE_PREDICTIONS.value, output_prefix=prefix)
   print(json.dumps(workdir_lib.to_jsonable(metrics), sort_keys=True, allow_nan=False), flush=True)
 
 

@@ -87,6 +87,26 @@ def test_evaluate_writes_metrics_and_is_batch_size_independent(trained):
   assert padded["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
 
 
+def test_evaluate_on_another_dataset_keeps_the_runs_own_figures(trained, tmp_path):
+  """eval.py --dataset_config: the run's model on another dataset's split (zero-shot), in its own file."""
+  config, workdir, _ = trained
+  other = config.copy_and_resolve_references()
+  other.dataset.phantom_num_test = 6  # another (smaller) phantom data set
+  other.dataset.data_dir = str(tmp_path)
+  own = os.path.join(workdir, "eval", "test_metrics.json")
+  before = open(own).read() if os.path.exists(own) else None
+  moved = evaluation.with_dataset_of(config, other)
+  assert moved.model == config.model and moved.dataset.phantom_num_test == 6
+  metrics = evaluation.evaluate(moved, workdir, split="test", output_prefix="vein_phantom_")
+  assert metrics["num_examples"] == 6 and metrics["dataset"] == "vein_phantom"
+  with open(os.path.join(workdir, "eval", "vein_phantom_test_metrics.json")) as f:
+    assert json.load(f)["num_examples"] == 6
+  assert (open(own).read() if os.path.exists(own) else None) == before
+  other.num_classes = 3
+  with pytest.raises(ValueError, match=r"--dataset_config: its num_classes=3 differs from the run's 1"):
+    evaluation.with_dataset_of(config, other)
+
+
 def test_load_for_inference_matches_evaluation(trained):
   config, workdir, _ = trained
   model, variables, loaded = inference.load_for_inference(workdir, checkpoint="latest")

@@ -120,8 +120,20 @@ def output_stem(split: str, checkpoint: str, step) -> str:
   return f"{split}_step{step}" if step is not None else f"{split}_{os.path.basename(os.path.normpath(checkpoint))}"
 
 
+def with_dataset_of(config: ml_collections.ConfigDict, other: ml_collections.ConfigDict,
+                    flag: str = "--dataset_config") -> ml_collections.ConfigDict:
+  """`config` (a run's) with `other`'s dataset block: the same model measured on another dataset (e.g. a
+  phantom-trained run on real frames, zero-shot). The class count must agree."""
+  if int(other.num_classes) != int(config.num_classes):
+    raise ValueError(f"{flag}: its num_classes={other.num_classes} differs from the run's "
+                     f"{config.num_classes}; the run's model predicts {config.num_classes} class logit(s).")
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.dataset = ml_collections.ConfigDict(other.dataset.to_dict())
+  return out
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "best", split: str = "test",
-             save_predictions: bool = False) -> dict:
+             save_predictions: bool = False, output_prefix: str = "") -> dict:
   """Evaluates a checkpoint of `workdir` on `split`; writes DIR/eval/<stem>_metrics.json and returns it.
 
   <stem> names the checkpoint (`output_stem`): <split> for the best checkpoint (test_metrics.json),
@@ -133,6 +145,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
     checkpoint: "best", "latest" or a checkpoint directory.
     split: "train", "validation" or "test".
     save_predictions: also write input | label | prediction panels to DIR/eval/<stem>_predictions/.
+    output_prefix: prepended to <stem> (eval.py --dataset_config: "<dataset>_", so that another dataset's
+      figures never overwrite the run's own).
 
   Returns:
     The metrics (acc, miou, iou, iou_per_class (background first), dice, precision, recall, specificity,
@@ -150,14 +164,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = 
   out_dir = os.path.join(workdir, "eval")
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
-  stem = output_stem(split, checkpoint, meta.get("step"))
+  stem = output_prefix + output_stem(split, checkpoint, meta.get("step"))
   writer = PanelWriter(os.path.join(out_dir, f"{stem}_predictions")) if save_predictions else None
   result = evaluate_split(config, par, steps.wrap_eval_step(config, par, model), par.replicate(tree), split,
                           on_example=writer)
   result.update({"split": split, "checkpoint": checkpoint, "checkpoint_path": meta["path"],
                  "checkpoint_step": meta.get("step"), "model": config.model,
                  "selected_on": meta.get("eval_split") if checkpoint == "best" else None,
-                 "best_metric": meta.get("best_metric")})
+                 "best_metric": meta.get("best_metric"), "dataset": config.dataset.name})
   result = workdir_lib.to_jsonable(result)
   workdir_lib.write_json(os.path.join(out_dir, f"{stem}_metrics.json"), result)
   return result
