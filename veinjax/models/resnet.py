@@ -163,7 +163,9 @@ class ResNetEncoder(nn.Module):
     x = conv(self.stem_features, (7, 7), strides=(2, 2), padding=layers.conv_padding(7), name="conv1")(x)
     x = nn.relu(norm(name="bn1")(x))
     features = [x]
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    # Zero padding, not max_pool's -inf: the same maxima after a ReLU (every window holds a value >= 0),
+    # and an int8 TFLite export cannot quantise -inf (XNNPACK and the reference kernels reject the pad).
+    x = nn.max_pool(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), strides=(2, 2), padding="VALID")
 
     previous_stride = 4
     for i, num_blocks in enumerate(self.stage_sizes):
