@@ -155,6 +155,14 @@ def test_int8_without_train_frames(run):
     export_lib.tflite_bytes(function, run[0], "int8", np.zeros((0,), np.uint8))
 
 
+def test_running_an_export_needs_neither_jax_nor_tensorflow():
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = "import sys, veinjax.exported; print(sorted(m for m in ('jax', 'tensorflow', 'flax') if m in sys.modules))"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]"
+
+
 def test_loading_a_missing_or_unknown_file(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     exported.load(str(tmp_path / "nothing.tflite"))
