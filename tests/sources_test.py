@@ -118,6 +118,14 @@ def test_usgra_vessel_through_sources(tmp_path):
     assert example["mask"].shape == example["image"].shape[:2]
     assert set(np.unique(example["mask"])) <= {0, 1}
   assert any(np.any(e["mask"] == 1) for e in examples)
+  # The vessel class is exactly the raw masks' label 2 (nerve = 1 and everything else are background): a
+  # mapping `> 0` or `== 1` would fail here (the shared masks hold both labels).
+  pairs = tfds_builders.usgra_pairs(USGRA_ROOT)["train"][:3]
+  for example, (_, mask_path) in zip(examples, pairs):
+    raw = np.asarray(Image.open(mask_path))
+    raw = raw[..., 0] if raw.ndim == 3 else raw
+    np.testing.assert_array_equal(example["mask"], (raw == 2).astype(example["mask"].dtype))
+  assert any(np.any(np.asarray(Image.open(m)) == 1) for _, m in pairs)  # nerve pixels exist, and were dropped
   # Stored as RGB; a grayscale file comes back through luma exactly (these first files are grayscale).
   first = tfds_builders.usgra_pairs(USGRA_ROOT)["train"][0][0]
   np.testing.assert_array_equal(examples[0]["image"][:, :, 0], np.asarray(Image.open(first).convert("L")))

@@ -108,15 +108,26 @@ def test_evaluate_on_another_dataset_keeps_the_runs_own_figures(trained, tmp_pat
 
 
 def test_load_for_inference_matches_evaluation(trained):
+  """The model and variables that inference loads score the test split exactly as evaluate() does."""
+  from veinjax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from veinjax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
   config, workdir, _ = trained
-  model, variables, loaded = inference.load_for_inference(workdir, checkpoint="latest")
+  model, variables, loaded = inference.load_for_inference(workdir, checkpoint="best")
   assert loaded.model == config.model
-  images = np.random.default_rng(0).uniform(size=(2, 32, 32, 1)).astype(np.float32)
-  logits = jax.jit(lambda v, x: steps.predict_logits(model, v, x))(variables, images)
-  assert logits.shape == (2, 32, 32, 1) and logits.dtype == jnp.float32
-  assert np.all(np.isfinite(logits))
-  tree, _ = _host_params(workdir, "latest")
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables), tree)
+  images, labels = [], []
+  for example in sources.load_raw_split(config, "test"):
+    image, mask = pipeline.resize_example(example["image"], example["mask"], config.image_size,
+                                          config.resize_method)
+    images.append(pipeline.preprocess_for_model(image.numpy(), config))
+    labels.append(mask.numpy())
+  logits = jax.jit(lambda v, x: steps.predict_logits(model, v, x))(variables, np.stack(images))
+  assert logits.shape == (4, 32, 32, 1) and logits.dtype == jnp.float32
+  predictions = metrics_lib.predictions(logits, config.num_classes)
+  confusion = np.asarray(metrics_lib.confusion_matrix(predictions, np.stack(labels), 2))
+  ours = metrics_lib.summarize(confusion)
+  evaluated = evaluation.evaluate(config, workdir, checkpoint="best", split="test")
+  for key in ("acc", "miou", "iou", "dice"):
+    assert ours[key] == pytest.approx(evaluated[key], abs=1e-12), key
 
 
 class _Crash(Exception):
