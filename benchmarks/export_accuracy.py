@@ -28,19 +28,6 @@ _VARIANTS = flags.DEFINE_list("variants", ["tflite:none", "tflite:float16", "tfl
 flags.mark_flag_as_required("workdir")
 
 
-def _frames_and_masks(config, split: str):
-  """uint8 frames [N, S, S, C] and masks [N, S, S] of `split`, resized as the pipeline does it."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from veinjax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
-  frames, masks = [], []
-  for example in sources.load_raw_split(config, split):
-    image, mask = pipeline.resize_example(example["image"], example["mask"], config.image_size,
-                                          config.resize_method)
-    frames.append(image.numpy())
-    masks.append(mask.numpy())
-  return np.stack(frames), np.stack(masks)
-
-
 def _scores(predicted, masks, reference, num_classes: int) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from veinjax import metrics  # pylint: disable=g-import-not-at-top
@@ -59,11 +46,10 @@ def score_workdir(workdir: str, split: str, variants: Sequence[str]) -> dict[str
   from veinjax import inference  # pylint: disable=g-import-not-at-top
 
   model, variables, config = inference.load_for_inference(workdir)
-  frames, masks = _frames_and_masks(config, split)
+  frames, masks = export_lib.split_examples(config, split)
   function = jax.jit(export_lib.frame_function(model, variables, config))
   probabilities = np.concatenate([np.asarray(function(frame[None])) for frame in frames])
-  to_mask = lambda p: (p[..., 0] > 0.5 if p.shape[-1] == 1 else np.argmax(p, -1)).astype(np.uint8)  # noqa: E731
-  reference = to_mask(probabilities)
+  reference = exported.class_mask(probabilities)
   out = {"jax": _scores(reference, masks, reference, config.num_classes)}
   for variant in variants:
     fmt, _, quantize = variant.partition(":")

@@ -110,16 +110,13 @@ def make_exports(candidates: Sequence[str], size: int, directory: str) -> dict[s
 
 
 def _median_ms(end_to_end, frames, runs: int, warmup: int) -> tuple[float, float]:
+  """(median, fastest) milliseconds of `end_to_end` over `runs` frames in turn after `warmup`."""
+  import itertools  # pylint: disable=g-import-not-at-top
   import statistics  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-  for i in range(warmup):
-    end_to_end(frames[i % len(frames)])
-  times = []
-  for i in range(runs):
-    start = time.perf_counter()
-    end_to_end(frames[i % len(frames)])
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times), 1e3 * min(times)
+  from veinjax import timing  # pylint: disable=g-import-not-at-top
+  frame = itertools.cycle(frames)
+  seconds = timing.run_seconds(lambda: end_to_end(next(frame)), runs, warmup)
+  return 1e3 * statistics.median(seconds), 1e3 * min(seconds)
 
 
 def _worker(directory: str) -> None:

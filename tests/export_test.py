@@ -36,7 +36,7 @@ def run(tmp_path_factory, phantom_data_dir):
 @pytest.fixture(scope="module")
 def test_frames(run):
   """The phantom test split's frames, uint8 [N, S, S, 1] at the model's size."""
-  return export_lib.split_frames(run[0], "test", 100)
+  return export_lib.split_examples(run[0], "test")[0]
 
 
 @pytest.fixture(scope="module")

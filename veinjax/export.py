@@ -71,7 +71,8 @@ def default_output(workdir: str, fmt: str, quantize: str) -> str:
 
 def frame_function(model, variables, config: ml_collections.ConfigDict):
   """The exported computation: uint8 [N, S, S, C] -> float32 probabilities [N, S, S, K] (jax-traceable)."""
-  normalization = _normalization(config)
+  from veinjax.data import pipeline  # pylint: disable=g-import-not-at-top  (its checked input_normalization)
+  normalization = pipeline.input_normalization(config)
   variables = jax.tree.map(jnp.asarray, variables)
 
   def probabilities(frames_uint8):
@@ -82,11 +83,6 @@ def frame_function(model, variables, config: ml_collections.ConfigDict):
     return inference.probabilities_from_logits(steps.predict_logits(model, variables, images))
 
   return probabilities
-
-
-def _normalization(config):
-  mean, std = tuple(config.get("input_mean", ()) or ()), tuple(config.get("input_std", ()) or ())
-  return (mean, std) if mean else None
 
 
 def _tf_function(function, config, platforms):
@@ -139,15 +135,21 @@ def save_onnx(tflite_model: bytes, path: str) -> None:
     tf2onnx.convert.from_tflite(source, opset=ONNX_OPSET, output_path=path)
 
 
-def split_frames(config: ml_collections.ConfigDict, split: str, count: int) -> np.ndarray:
-  """Up to `count` uint8 frames [N, S, S, C] of a split of the run's data, resized as the pipeline does it
-  (what an export takes); int8 calibration reads the train split."""
+def split_examples(config: ml_collections.ConfigDict, split: str,
+                   count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """uint8 frames [N, S, S, C] (what an export takes) and masks [N, S, S] of a split of the run's data, the
+  first `count` (None: all), resized as the pipeline does it; int8 calibration reads the train split's."""
   from veinjax.data import pipeline, sources  # pylint: disable=g-import-not-at-top  (TensorFlow)
-  frames = []
-  for example in sources.load_raw_split(config, split).take(count):
-    image, _ = pipeline.resize_example(example["image"], None, config.image_size, config.resize_method)
+  raw = sources.load_raw_split(config, split)
+  frames, masks = [], []
+  for example in (raw if count is None else raw.take(count)):
+    image, mask = pipeline.resize_example(example["image"], example["mask"], config.image_size,
+                                          config.resize_method)
     frames.append(image.numpy())
-  return np.stack(frames) if frames else np.zeros((0,), np.uint8)
+    masks.append(mask.numpy())
+  if not frames:
+    return np.zeros((0,), np.uint8), np.zeros((0,), np.uint8)
+  return np.stack(frames), np.stack(masks)
 
 
 def metadata(config, workdir: str, checkpoint: str, fmt: str, quantize: str, step: int | None) -> dict:
@@ -190,7 +192,7 @@ def export_workdir(workdir: str, fmt: str, output: str | None = None, quantize: 
     shutil.rmtree(output, ignore_errors=True)
     os.replace(tmp, output)
   else:
-    frames = split_frames(config, "train", num_calibration_frames) if quantize == "int8" else None
+    frames = split_examples(config, "train", num_calibration_frames)[0] if quantize == "int8" else None
     flatbuffer = tflite_bytes(function, config, quantize, frames)
     tmp = f"{output}.tmp"
     if fmt == "tflite":

@@ -53,10 +53,15 @@ class ExportedModel:
 
   def mask(self, frame) -> np.ndarray:
     """uint8 [S, S] class indices (0 = background) of one frame."""
-    probabilities = self(frame)
-    if probabilities.shape[-1] == 1:
-      return (probabilities[..., 0] > 0.5).astype(np.uint8)
-    return np.argmax(probabilities, axis=-1).astype(np.uint8)
+    return class_mask(self(frame))
+
+
+def class_mask(probabilities: np.ndarray) -> np.ndarray:
+  """uint8 class indices [...] of probabilities [..., K]: sigmoid > 0.5 for K = 1, else the argmax (numpy
+  only, so that running an export needs no JAX; `veinjax.inference` uses it too)."""
+  if probabilities.shape[-1] == 1:
+    return (probabilities[..., 0] > 0.5).astype(np.uint8)
+  return np.argmax(probabilities, axis=-1).astype(np.uint8)
 
 
 def read_metadata(path: str) -> dict:

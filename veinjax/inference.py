@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from veinjax import exported
 from veinjax import metrics as metrics_lib
 from veinjax import models
 from veinjax import postprocess as postprocess_lib
@@ -74,10 +75,7 @@ def forward_probabilities(members: Sequence[tuple[flax.linen.Module, dict]], ima
   return total / views
 
 
-def _class_mask(probabilities: np.ndarray) -> np.ndarray:
-  if probabilities.shape[-1] == 1:
-    return (probabilities[..., 0] > 0.5).astype(np.uint8)
-  return np.argmax(probabilities, axis=-1).astype(np.uint8)
+_class_mask = exported.class_mask  # sigmoid > 0.5, or the argmax (numpy; the exports' helper uses the same)
 
 
 def _bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:
