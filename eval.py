@@ -19,6 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from veinjax import cli
+from veinjax import distributed
 from veinjax import evaluation
 from veinjax import workdir as workdir_lib
 
@@ -36,12 +37,19 @@ _DATASET_CONFIG = config_flags.DEFINE_config_file(
     "dataset_config", None, "Evaluate on another dataset: a config file whose `dataset` block replaces the "
     "run's (e.g. configs/usgra_seg.py for a phantom-trained run); results go to "
     "WORKDIR/eval/<dataset>_<split>_metrics.json.", lock_config=True)
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", "", "Several hosts: HOST:PORT of process 0's coordinator (with --num_processes and "
+    "--process_id); SLURM and TPU pods are detected without it (veinjax.distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several hosts: how many processes in all.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several hosts: this process, 0..num_processes-1.")
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  # Before anything else uses JAX: on several hosts, every process joins the distributed system here.
+  distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   cli.quiet_library_logs(__file__)
   config = _CONFIG.value if _CONFIG.value is not None else workdir_lib.load_config(_WORKDIR.value)
   prefix = ""

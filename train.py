@@ -5,8 +5,10 @@
 Running it again on the same --workdir resumes from the latest checkpoint; a config that differs from the
 run's config.json in more than its length, logging, checkpointing or data location is an error naming the
 fields, unless --allow_config_change (then each difference is logged and the old config.json is kept as
-config.json.<time>). Watch it with `tensorboard --logdir=WORKDIR`. A clear error is printed alone
-(`Error: ...`); --verbosity=1 shows its traceback.
+config.json.<time>). On several hosts run the same command on each, with --coordinator_address,
+--num_processes and --process_id (SLURM and TPU pods need none: `veinjax.distributed`). Watch it with
+`tensorboard --logdir=WORKDIR`. A clear error is printed alone (`Error: ...`); --verbosity=1 shows its
+traceback.
 """
 
 import os
@@ -19,6 +21,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from veinjax import cli
+from veinjax import distributed
 from veinjax import train_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and history.jsonl.")
@@ -28,12 +31,19 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False,
     "Resume even if the config differs from the workdir's config.json (each difference is logged; the old "
     "config.json is kept as config.json.<time>).")
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", "", "Several hosts: HOST:PORT of process 0's coordinator (with --num_processes and "
+    "--process_id); SLURM and TPU pods are detected without it (veinjax.distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several hosts: how many processes in all.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several hosts: this process, 0..num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  # Before anything else uses JAX: on several hosts, every process joins the distributed system here.
+  distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   cli.quiet_library_logs(__file__)
   result = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                         allow_config_change=_ALLOW_CONFIG_CHANGE.value)

@@ -124,6 +124,10 @@ def _to_numpy(tree: PyTree) -> PyTree:
   return jax.tree.map(np.asarray, tree)
 
 
+def _barriers(name: str) -> ocp.options.MultiprocessingOptions:
+  return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+
+
 class Checkpoints:
   """The latest-N and the best checkpoints of one workdir.
 
@@ -140,12 +144,16 @@ class Checkpoints:
     self.workdir = os.path.abspath(workdir)
     self.best_metric = best_metric
     options = dict(create=True, enable_async_checkpointing=async_save)
+    # Each manager names its own cross-process barriers: both save the same step at an epoch's end, and
+    # on many hosts orbax's barrier keys (e.g. "_async_write_complete.<step>") would otherwise collide.
     self._latest = ocp.CheckpointManager(
         os.path.join(self.workdir, LATEST_DIR),
-        options=ocp.CheckpointManagerOptions(max_to_keep=int(keep), **options))
+        options=ocp.CheckpointManagerOptions(max_to_keep=int(keep), **options,
+                                             multiprocessing_options=_barriers(LATEST_DIR)))
     self._best = ocp.CheckpointManager(
         os.path.join(self.workdir, BEST_DIR),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, **options))
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, **options,
+                                             multiprocessing_options=_barriers(BEST_DIR)))
     self._best_value = None
     if self._best.latest_step() is not None:
       meta = self._read_meta(self._best, self._best.latest_step())
@@ -218,6 +226,11 @@ class Checkpoints:
                               meta=ocp.args.JsonSave(meta))
     is_best = value is not None and math.isfinite(value) and (
         self._best_value is None or value > self._best_value)
+    if jax.process_count() > 1:
+      # Every process must call the best manager's save, or none: take process 0's decision (the metrics
+      # are the same everywhere, but one differing rounding must not leave a process waiting at a barrier).
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      is_best = bool(multihost_utils.broadcast_one_to_all(np.asarray(is_best)))
     # Best first: a crash between the two writes then redoes this step's evaluation after resuming from the
     # previous latest checkpoint, which reproduces the same value and leaves the best as it is.
     if is_best:

@@ -5,6 +5,11 @@
 
 `evaluate_split` writes nothing: what a caller does with each example (TensorBoard panels during training,
 PNGs for `eval.py --save_predictions`) is its `on_example(image, label, prediction, example_id)` callback.
+
+On many hosts every process evaluates its shard of the split; the confusion matrix and loss are summed across
+processes inside the step, and what the host needs per example (predictions and labels for HD95; images and
+ids too for `on_example`) is gathered from every process in the split's order, so every process computes
+the same metrics and sees every example. Files are written by process 0 only (`PanelWriter`, `write_json`).
 """
 
 from __future__ import annotations
@@ -31,10 +36,26 @@ ExampleCallback = Callable[[np.ndarray, np.ndarray, np.ndarray, Any], None]
 
 
 def _host_gather(x: np.ndarray) -> np.ndarray:
-  """Every process's per-example rows, concatenated (only on many hosts)."""
+  """Every process's rows of one eval batch [b, ...] -> [process_count * b, ...] in the split's order.
+
+  Process p holds the split's examples p, p + P, p + 2P, ... (`pipeline.create_eval_dataset`), so row j of
+  process p is example P * j + p of the batch's block: interleaving the processes' rows restores the order
+  one process would see (padding rows, valid=False, stay where they are).
+  """
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  gathered = np.asarray(multihost_utils.process_allgather(x))
-  return gathered.reshape((-1,) + gathered.shape[2:])
+  gathered = np.asarray(multihost_utils.process_allgather(np.asarray(x)))  # [P, b, ...]
+  return np.swapaxes(gathered, 0, 1).reshape((-1,) + gathered.shape[2:])
+
+
+def _host_gather_ids(ids: np.ndarray) -> np.ndarray:
+  """`_host_gather` for example ids (bytes): as uint8 rows padded to the longest id of any process."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  ids = [bytes(i) for i in ids]
+  width = int(np.max(multihost_utils.process_allgather(np.int32(max([len(i) for i in ids] + [1])))))
+  codes = np.zeros((len(ids), width), np.uint8)
+  for row, i in enumerate(ids):
+    codes[row, :len(i)] = np.frombuffer(i, np.uint8)
+  return np.array([row.tobytes().rstrip(b"\0") for row in _host_gather(codes)], dtype=object)
 
 
 def evaluate_split(config, par: parallel.DataParallel, p_eval_step: Callable, variables, split: str, *,
@@ -42,8 +63,10 @@ def evaluate_split(config, par: parallel.DataParallel, p_eval_step: Callable, va
   """Metrics of the whole `split` (acc, miou, iou, dice, ..., hd95, loss, num_examples).
 
   `variables` are in the layout `par` expects (replicated). HD95 is measured on the host per image.
-  `on_example(image, label, prediction, id)` is called for each real example of this process, in order
-  (on many hosts: process 0's own examples only), with the image on [0, 1] (any input normalisation undone).
+  `on_example(image, label, prediction, id)` is called for each real example of the split, in order, with
+  the image on [0, 1] (any input normalisation undone); on many hosts on every process, with every
+  process's examples (a callback that writes files writes on process 0 only, as `PanelWriter` does). Once
+  the callback's `full` attribute is true (`PanelCollector`), images are no longer gathered for it.
   """
   from veinjax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   normalization = pipeline.input_normalization(config)
@@ -58,16 +81,20 @@ def evaluate_split(config, par: parallel.DataParallel, p_eval_step: Callable, va
     loss_sum += float(sums["loss_sum"])
     count += float(sums["count"])
     pred, label, valid = par.local(out["prediction"]), host_batch["label"], host_batch["valid"]
-    if jax.process_count() > 1:
+    many = jax.process_count() > 1
+    if many:
       pred, label, valid = _host_gather(pred), _host_gather(label), _host_gather(valid)
     accumulator.add_hd95(pred, label, valid)
-    if on_example is None or jax.process_count() > 1:
-      continue  # pictures come from process 0's own examples only
+    # `full` is the same on every process (the callback saw the same examples), so all gather or none.
+    if on_example is None or getattr(on_example, "full", False):
+      continue
+    images = _host_gather(host_batch["image"]) if many else host_batch["image"]
+    ids = _host_gather_ids(host_batch["id"]) if many else host_batch["id"]
     for i in np.flatnonzero(valid):
-      image = host_batch["image"][i]
+      image = images[i]
       if normalization is not None:  # back to [0, 1] for the pictures
         image = image * np.asarray(normalization[1], np.float32) + np.asarray(normalization[0], np.float32)
-      on_example(image, label[i], pred[i], host_batch["id"][i])
+      on_example(image, label[i], pred[i], ids[i])
   result = accumulator.result()
   result["loss"] = loss_sum / count if count else float("nan")
   return result
@@ -85,6 +112,11 @@ class PanelCollector:
     if len(self.panels) < self.limit:
       self.panels.append(viz.panel(image, label, prediction))
 
+  @property
+  def full(self) -> bool:
+    """Whether it holds `limit` panels (`evaluate_split` then stops gathering images for it)."""
+    return len(self.panels) >= self.limit
+
 
 def safe_file_stem(example_id, index: int) -> str:
   """A file name stem for an example id (path separators flattened, extension dropped)."""
@@ -94,7 +126,10 @@ def safe_file_stem(example_id, index: int) -> str:
 
 
 class PanelWriter:
-  """An `on_example` callback writing each example's input | label | prediction panel to DIR/<id>.png."""
+  """An `on_example` callback writing each example's input | label | prediction panel to DIR/<id>.png.
+
+  On many hosts it writes on process 0 only, which `evaluate_split` gives every process's examples.
+  """
 
   def __init__(self, directory: str):
     self.directory = directory
@@ -103,9 +138,10 @@ class PanelWriter:
       os.makedirs(directory, exist_ok=True)
 
   def __call__(self, image, label, prediction, example_id) -> None:
-    path = os.path.join(self.directory, safe_file_stem(example_id, self.written) + ".png")
-    with open(path, "wb") as f:
-      f.write(viz.encode_png(viz.panel(image, label, prediction)))
+    if jax.process_index() == 0:
+      path = os.path.join(self.directory, safe_file_stem(example_id, self.written) + ".png")
+      with open(path, "wb") as f:
+        f.write(viz.encode_png(viz.panel(image, label, prediction)))
     self.written += 1
 
 

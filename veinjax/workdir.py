@@ -69,10 +69,12 @@ def write_json(path: str, value: Any, indent: int | None = 2) -> None:
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """DIR/config.json: the resolved config the run trains with."""
+  """DIR/config.json: the resolved config the run trains with (atomically: other processes read it)."""
   if _is_writer():
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    path = os.path.join(workdir, CONFIG_FILE)
+    with open(f"{path}.tmp", "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    os.replace(f"{path}.tmp", path)
 
 
 def config_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
