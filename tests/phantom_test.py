@@ -227,3 +227,31 @@ def test_export_writes_the_folder_layout_with_clip_ids(tmp_path):
   with pytest.raises(ValueError, match="clip frame name"):
     phantom_clips.parse_frame_stem("frame42")
   assert phantom_clips.clip_seed("test", 3) != phantom.example_seed("test", 3)
+
+
+def test_command_line_export_trains_with_whole_clips_held_out(tmp_path):
+  """`python -m veinjax.data.phantom_clips` writes what configs/phantom_clips.py reads, validation holding out
+  whole clips (neighbouring frames are near copies); a non-empty --root is refused, nothing overwritten."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests.conftest import ROOT, load_config  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "clips"
+  command = [sys.executable, "-m", "veinjax.data.phantom_clips", f"--root={root}", "--train_clips=5",
+             "--test_clips=1", "--size=64", "--num_frames=8", "--frame_step=4", "--compression_sweeps=1"]
+  done = subprocess.run(command, capture_output=True, text=True, cwd=str(ROOT), timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "Wrote {'train': 10, 'test': 2} frames of 64x64" in done.stdout
+  again = subprocess.run(command, capture_output=True, text=True, cwd=str(ROOT), timeout=120)
+  assert again.returncode != 0 and f"--root={root} is not empty" in again.stderr
+  assert len(list((root / "train" / "images").iterdir())) == 10  # the refused export wrote nothing
+
+  from veinjax.data import sources  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  config = load_config("phantom_clips")
+  config.dataset.root, config.dataset.validation_fraction = str(root), 0.4
+  ids = {split: [i.decode() for i in (e["id"].numpy() for e in sources.load_raw_split(config, split))]
+         for split in ("train", "validation", "test")}
+  clips = {split: {phantom_clips.parse_frame_stem(i.rsplit("/", 1)[-1].split(".")[0])[0] for i in split_ids}
+           for split, split_ids in ids.items()}
+  assert len(clips["validation"]) == 2 and len(clips["train"]) == 3 and clips["test"] == {"clip000"}
+  assert not clips["train"] & clips["validation"]
+  assert len(ids["train"]) == 6 and len(ids["validation"]) == 4  # every frame of a clip in one split

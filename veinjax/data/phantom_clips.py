@@ -301,3 +301,44 @@ def export_clips(root: Union[str, Path], num_clips: Mapping[str, int], size: int
                         "compression": [round(float(c), 4) for c in clip.compression]}
     (root / split / "clips.json").write_text(json.dumps(table, indent=1))
   return root
+
+
+# ---- python -m veinjax.data.phantom_clips: export clips for training (configs/phantom_clips.py) ----
+
+
+def main(argv) -> None:
+  """Writes --train_clips and --test_clips clips under --root (see `export_clips`); refuses a non-empty root."""
+  from absl import app  # pylint: disable=g-import-not-at-top  (only the command line needs absl)
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  flags = _FLAGS
+  root = Path(flags.root)
+  if root.exists() and any(root.iterdir()):
+    raise app.UsageError(f"--root={root} is not empty: export into a new folder (an export is never mixed "
+                         "with another one's frames).")
+  counts = {"train": flags.train_clips, "test": flags.test_clips}
+  export_clips(root, {split: n for split, n in counts.items() if n > 0}, size=flags.size,
+               num_frames=flags.num_frames, frame_step=flags.frame_step,
+               compression_sweeps=flags.compression_sweeps)
+  frames = {split: len(list((root / split / "images").glob("*.png"))) for split in counts if counts[split] > 0}
+  print(f"Wrote {frames} frames of {flags.size}x{flags.size} to {root}. Train on them with "
+        f"python train.py --config=configs/phantom_clips.py --config.dataset.root={root} --workdir=DIR")
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("root", None, "New folder to write ROOT/{train,test}/{images,masks,instances}/ into.")
+  flags.DEFINE_integer("train_clips", 60, "Clips of the train split (seeds clip_seed('train', i)).")
+  flags.DEFINE_integer("test_clips", 20, "Clips of the test split (the seeds benchmarks/tracking.py scores).")
+  flags.DEFINE_integer("size", 256, "Frame height = width in pixels.")
+  flags.DEFINE_integer("num_frames", 100, "Frames per clip.")
+  flags.DEFINE_integer("frame_step", 5, "Keep every N-th frame (neighbouring frames are near copies).")
+  flags.DEFINE_integer("compression_sweeps", 1, "Press-hold-release sweeps per clip (flattened veins to learn).")
+  flags.mark_flag_as_required("root")
+  return flags.FLAGS
+
+
+if __name__ == "__main__":
+  from absl import app as _app  # pylint: disable=g-import-not-at-top
+  _FLAGS = _define_flags()
+  _app.run(main)
