@@ -1,12 +1,18 @@
-"""Labelme rasterisation against known areas, label mapping, rejected shapes and bad files."""
+"""Labelme rasterisation against known areas and against Labelme's own export, label mapping, rejected shapes
+and bad files."""
 
+import base64
 import json
 import math
+import pathlib
+import shutil
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from veinjax import labels
+from veinjax.data import folder
 from veinjax.data import labelme
 from veinjax.data.decode import BadExampleError
 
@@ -67,11 +73,34 @@ def test_unmapped_label_names_file_label_and_flag(tmp_path):
   assert "frame.json" in message and "'nerve'" in message and "--config.dataset.labelme_labels" in message
 
 
-@pytest.mark.parametrize("shape_type,points", [("linestrip", [[1, 1], [5, 5], [9, 1]]), ("point", [[3, 3]]),
-                                               ("line", [[1, 1], [5, 5]])])
-def test_shapes_without_area_are_rejected(tmp_path, shape_type, points):
+def test_lines_and_points_are_drawn_as_labelme_draws_them():
+  # Labelme's export draws lines and line strips 10 px wide and points as disks of radius 5 (the fixture test
+  # below holds them pixel for pixel); here only their size.
+  line = labelme.rasterize([_shape("vein", [[10, 20], [50, 20]], "line")], 64, 80, LABELS)
+  assert labelme.LINE_WIDTH == 10 and labelme.POINT_RADIUS == 5
+  assert set(np.unique(line)) == {0, 1} and int(line[:, 30].sum()) in (10, 11)
+  strip = labelme.rasterize([_shape("artery", [[10, 10], [40, 10], [40, 50]], "linestrip")], 64, 80, LABELS)
+  assert strip[10, 25] == 2 and strip[30, 40] == 2 and strip[30, 20] == 0
+  point = labelme.rasterize([_shape("vein", [[40, 32]], "point")], 64, 80, LABELS)
+  _assert_area(point, math.pi * 5**2, 2 * math.pi * 5)
+  assert point[32, 40] == 1 and point[32, 47] == 0
+
+
+@pytest.mark.parametrize("shape_type,points", [("mask", [[1, 1], [5, 5]]), ("points", [[1, 1], [5, 5]]),
+                                               ("ellipse", [[1, 1], [5, 5]])])
+def test_unsupported_shape_types_are_rejected(tmp_path, shape_type, points):
   path = _write(tmp_path / "f.json", [_shape("vein", points, shape_type)])
-  with pytest.raises(BadExampleError, match=rf"f\.json.*{shape_type}.*no area"):
+  with pytest.raises(BadExampleError, match=rf"f\.json.*{shape_type}.*does not rasterise.*supported: polygon"):
+    labelme.read_labelme(path, LABELS)
+
+
+@pytest.mark.parametrize("shape_type,points,expected", [
+    ("line", [[1, 1], [5, 5], [9, 1]], "expected its 2 ends"), ("linestrip", [[1, 1]], "at least 2"),
+    ("point", [[1, 1], [5, 5]], "expected 1"), ("oriented_rectangle", [[1, 1], [5, 5], [9, 1]], "4 corners"),
+    ("circle", [[1, 1]], "centre and a point"), ("rectangle", [[1, 1], [5, 5], [9, 1]], "2 opposite corners")])
+def test_wrong_point_counts_are_rejected(tmp_path, shape_type, points, expected):
+  path = _write(tmp_path / "f.json", [_shape("vein", points, shape_type)])
+  with pytest.raises(BadExampleError, match=rf"f\.json: {shape_type} 0 \(label 'vein'\).*{expected}"):
     labelme.read_labelme(path, LABELS)
 
 
@@ -137,3 +166,75 @@ def test_a_class_colliding_with_the_ignore_label_is_rejected():
     labelme.rasterize(shapes, 16, 16, {"vein": "255"})
   with pytest.raises(ValueError, match=r"labelme_labels.*'vein'.*300.*0\.\.254"):
     labelme.rasterize(shapes, 16, 16, {"vein": 300})
+
+
+# ---- Agreement with Labelme's own export (tests/fixtures/make_labelme_fixture.py) ----
+# Each fixture is a Labelme file written by Labelme and the class mask Labelme's labelme2voc conventions make
+# of it (labels.txt: __ignore__ -1 -> 255, _background_ 0, then the classes), made by the labelme version in
+# fixture.json. veinjax must give the same mask, pixel for pixel, through its folder dataset and its reader.
+
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures" / "labelme"
+FIXTURE_META = json.loads((FIXTURES / "fixture.json").read_text())
+
+
+def _labelme2voc_labels():
+  """labels.txt as the folder dataset's labelme_labels: every class but __ignore__, which is its default."""
+  names = (FIXTURES / "labels.txt").read_text().split()
+  assert names[:2] == ["__ignore__", "_background_"]
+  return folder.label_map_of({name: i - 1 for i, name in enumerate(names) if i > 0})
+
+
+def _expected(case):
+  with Image.open(FIXTURES / f"{case}.expected.png") as image:
+    assert image.mode == "P"  # labelme2voc's lblsave: palette indices are the classes
+    return np.asarray(image).copy()
+
+
+@pytest.mark.parametrize("case", sorted(FIXTURE_META["cases"]))
+def test_agrees_with_labelmes_own_export(tmp_path, case):
+  data = json.loads((FIXTURES / f"{case}.json").read_text())
+  assert data["version"] == FIXTURE_META["labelme"]  # written by the labelme that made the expected mask
+  expected = _expected(case)
+  meta = FIXTURE_META["cases"][case]
+  assert expected.shape == (meta["height"], meta["width"]) == (data["imageHeight"], data["imageWidth"])
+  values, counts = np.unique(expected, return_counts=True)
+  assert {str(v): int(c) for v, c in zip(values, counts)} == meta["pixels_per_class"]
+  label_map = _labelme2voc_labels()
+
+  # Through the folder dataset, as training reads it: images/<stem>.<ext> with <stem>.json beside it.
+  images = tmp_path / "images"
+  images.mkdir()
+  if data["imageData"] is None:
+    image_path = images / data["imagePath"]
+    shutil.copy(FIXTURES / data["imagePath"], image_path)
+  else:  # the image is embedded; give the folder dataset the same picture beside the file
+    image_path = images / f"{case}.png"
+    image_path.write_bytes(base64.b64decode(data["imageData"]))
+  shutil.copy(FIXTURES / f"{case}.json", image_path.with_suffix(".json"))
+  spec = folder.LabelSpec(folder.parse_mask_values("0:0,255:1"), label_map)
+  example = folder.load_example(image_path, spec)
+  assert example["image"].shape[:2] == expected.shape
+  assert example["mask"].dtype == np.uint8
+  np.testing.assert_array_equal(example["mask"], expected)
+
+  # The reader on its own, the size from the file.
+  np.testing.assert_array_equal(labelme.read_labelme(FIXTURES / f"{case}.json", label_map), expected)
+
+
+def test_labelme_fixtures_cover_what_they_claim():
+  shape_types, labels_used, group_ids = set(), set(), set()
+  for case in FIXTURE_META["cases"]:
+    shapes = json.loads((FIXTURES / f"{case}.json").read_text())["shapes"]
+    shape_types |= {s["shape_type"] for s in shapes}
+    labels_used |= {s["label"] for s in shapes}
+    group_ids |= {s["group_id"] for s in shapes}
+  assert shape_types == set(labelme.SHAPE_TYPES)
+  assert len(group_ids - {None}) >= 2
+  assert labels_used == set((FIXTURES / "labels.txt").read_text().split())
+  sizes = {(m["height"], m["width"]) for m in FIXTURE_META["cases"].values()}
+  assert (40, 56) in sizes and (48, 48) in sizes
+  assert any(str(IGNORE) in m["pixels_per_class"] for m in FIXTURE_META["cases"].values())
+  # Both ways Labelme stores the image: embedded as imageData, and beside the file.
+  embedded = {json.loads((FIXTURES / f"{case}.json").read_text())["imageData"] is None
+              for case in FIXTURE_META["cases"]}
+  assert embedded == {True, False}

@@ -1,23 +1,29 @@
-"""Rasterising Labelme JSON annotations into class-index masks.
+"""Rasterising Labelme JSON annotations into class-index masks, exactly as Labelme's own export does.
 
 A Labelme file (https://github.com/wkentaro/labelme) lists `shapes`, each with a `label`, a `shape_type` and
-`points` in image pixel coordinates (x right, y down). Supported shape types, which enclose an area:
+`points` in image pixel coordinates (x right, y down). Supported shape types, drawn as Labelme's
+`shapes_to_label` (the rasteriser of its labelme2voc export) draws them, with PIL and the outline included:
 
 - `polygon` (3 or more points; also a shape without `shape_type`, as in old Labelme files),
 - `rectangle` (two opposite corners; four corners are treated as a polygon),
-- `circle` (the centre, then a point on the circle).
+- `oriented_rectangle` (its four corners, a polygon),
+- `circle` (the centre, then a point on the circle),
+- `line` (its two ends) and `linestrip` (2 or more points): `LINE_WIDTH` (10) pixels wide, a line strip's
+  joints rounded,
+- `point` (one point): a disk of radius `POINT_RADIUS` (5).
 
-Lines, line strips and points enclose no area and are rejected, as is Labelme's `mask` shape type: redraw
-them as polygons, or provide a mask PNG instead. Shapes are drawn in file order, so a later shape overwrites an
-earlier one where they overlap (as in Labelme's own export); the rest of the image is class 0 (background).
+Labelme's `mask` shapes (its AI masks) and `points` shapes are rejected: convert them to polygons in Labelme,
+or provide a mask PNG instead. Shapes are drawn in file order, so a later shape overwrites an earlier one
+where they overlap (as in Labelme's own export); the rest of the image is class 0 (background).
+tests/labelme_test.py holds this pixel for pixel against masks made by Labelme itself
+(tests/fixtures/make_labelme_fixture.py).
 
 Every label must be mapped to a class by the caller's `label_map` (config.dataset.labelme_labels, e.g.
 {"vein": 1}); an unmapped label is an error naming the file, the label and that flag, never background. The
 one exception is labelme2voc's `__ignore__` label: unless `label_map` maps it, its shapes are drawn with
-`IGNORE_LABEL` (255), the pixels that count in no loss and no metric (`veinjax.labels`). Like any shape, an
-`__ignore__` shape overwrites earlier shapes and is overwritten by later ones.
-Rasterisation uses PIL's polygon/ellipse drawing with the outline included, the convention of Labelme's own
-mask export, so masks exported by Labelme and masks rasterised here agree.
+`IGNORE_LABEL` (255, the value labelme2voc's uint8 class PNGs hold for it), the pixels that count in no loss
+and no metric (`veinjax.labels`). Like any shape, an `__ignore__` shape overwrites earlier shapes and is
+overwritten by later ones.
 """
 
 import json
@@ -36,7 +42,10 @@ from veinjax.labels import IGNORE_LABEL, LABELME_IGNORE
 PathLike = Union[str, Path]
 
 _LABELS_FLAG = "--config.dataset.labelme_labels"
-_AREA_SHAPES = ("polygon", "rectangle", "circle")
+# Labelme's shape_to_mask defaults: the width of lines and line strips, the radius of points, in pixels.
+LINE_WIDTH = 10
+POINT_RADIUS = 5
+SHAPE_TYPES = ("polygon", "rectangle", "oriented_rectangle", "circle", "line", "linestrip", "point")
 
 
 def _points(shape: dict, index: int, source: str) -> list:
@@ -85,15 +94,21 @@ def rasterize(shapes: Sequence[dict], height: int, width: int, label_map: Mappin
     points = _points(shape, index, source)
     if shape_type == "rectangle" and len(points) == 4:
       shape_type = "polygon"
-    if shape_type not in _AREA_SHAPES:
+    if shape_type not in SHAPE_TYPES:
       raise BadExampleError(
-          f"{source}: shape {index} (label {label!r}) has shape_type {shape_type!r}, which encloses no area "
-          f"that can be rasterised; supported: {', '.join(_AREA_SHAPES)}. Redraw it as a polygon in Labelme, "
+          f"{source}: shape {index} (label {label!r}) has shape_type {shape_type!r}, which veinjax does not "
+          f"rasterise; supported: {', '.join(SHAPE_TYPES)}. Redraw it as a polygon in Labelme, "
           f"or provide a mask PNG instead.")
+    # The calls and arithmetic of Labelme's shape_to_mask, so that every pixel agrees.
     if shape_type == "polygon":
       if len(points) < 3:
         raise BadExampleError(f"{source}: polygon {index} (label {label!r}) has {len(points)} points; "
                               f"a polygon needs at least 3.")
+      draw.polygon(points, fill=value, outline=value)
+    elif shape_type == "oriented_rectangle":
+      if len(points) != 4:
+        raise BadExampleError(f"{source}: oriented_rectangle {index} (label {label!r}) has {len(points)} "
+                              f"points; expected its 4 corners.")
       draw.polygon(points, fill=value, outline=value)
     elif shape_type == "rectangle":
       if len(points) != 2:
@@ -101,13 +116,30 @@ def rasterize(shapes: Sequence[dict], height: int, width: int, label_map: Mappin
                               f"expected 2 opposite corners.")
       (x0, y0), (x1, y1) = points
       draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=value, outline=value)
-    else:  # circle
+    elif shape_type == "circle":
       if len(points) != 2:
         raise BadExampleError(f"{source}: circle {index} (label {label!r}) has {len(points)} points; "
                               f"expected the centre and a point on the circle.")
       (cx, cy), (px, py) = points
-      r = math.hypot(px - cx, py - cy)
+      r = math.sqrt((cx - px) ** 2 + (cy - py) ** 2)  # as Labelme computes it (not math.hypot)
       draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=value, outline=value)
+    elif shape_type == "line":
+      if len(points) != 2:
+        raise BadExampleError(f"{source}: line {index} (label {label!r}) has {len(points)} points; "
+                              f"expected its 2 ends.")
+      draw.line(points, fill=value, width=LINE_WIDTH)
+    elif shape_type == "linestrip":
+      if len(points) < 2:
+        raise BadExampleError(f"{source}: linestrip {index} (label {label!r}) has {len(points)} points; "
+                              f"a line strip needs at least 2.")
+      draw.line(points, fill=value, width=LINE_WIDTH, joint="curve")
+    else:  # point
+      if len(points) != 1:
+        raise BadExampleError(f"{source}: point {index} (label {label!r}) has {len(points)} points; "
+                              f"expected 1.")
+      (cx, cy), = points
+      draw.ellipse([cx - POINT_RADIUS, cy - POINT_RADIUS, cx + POINT_RADIUS, cy + POINT_RADIUS], fill=value,
+                   outline=value)
   return np.asarray(canvas, dtype=np.uint8).copy()
 
 
