@@ -1,14 +1,16 @@
-"""Real time: the recommended model for a puncture robot's CPU, ultralight_unet at 256x256.
+"""Real time: the recommended model for a puncture robot's CPU, light_unet on MobileNetV3-small at 256x256.
 
   python train.py --config=configs/realtime.py --workdir=runs/realtime
   python export.py --workdir=runs/realtime --format=tflite          # then veinjax.exported.load(...)
 
-ultralight_unet (172,065 parameters; veinjax/models/ultralight.py) was picked by measurement among the light
-models (`python -m benchmarks.realtime`; the README's real-time table): the fastest end to end on one core
-of the 2-core CPU, with the vessel Dice of ResNet34-UNet kept (README). The recipe is the quickstart's (batch
-8, Adam 2e-3 with a cosine schedule and half an epoch of warm-up, BCE + Dice, its augmentation) at 256x256
-on the phantom; for another dataset set --config.dataset.* as in configs/usgra_seg.py. A network this
-small trains from scratch for more epochs than ResNet34-UNet in the same time: 30 here.
+light_unet:mobilenetv3_small (980,353 parameters; veinjax/models/light_decoder.py on mobilenet.py) was picked
+by measurement among the light models (`python -m benchmarks.realtime` and the README's Dice per light
+model): the most accurate of those that run >= 100 frames/s end to end on one core of the 2-core CPU (215
+frames/s under XLA). ultralight_unet is 2.5x faster still (544 frames/s) but lost 0.03 more vein Dice on the
+phantom and 0.02 more vessel Dice on usgra-seg at 128x128 (3 seeds each). The recipe is the quickstart's
+(batch 8, Adam 2e-3 with a cosine schedule and half an epoch of warm-up, BCE + Dice, its augmentation) at
+256x256 on the phantom; for another dataset set --config.dataset.* as in configs/usgra_seg.py. A network
+this small trains from scratch for more epochs than ResNet34-UNet in the same time: 30 here.
 """
 
 import ml_collections
@@ -18,7 +20,8 @@ from configs import quickstart
 
 def get_config() -> ml_collections.ConfigDict:
   config = quickstart.get_config()
-  config.model = "ultralight_unet"
+  config.model = "light_unet"
+  config.encoder = "mobilenetv3_small"
   config.image_size = 256
   config.dataset.phantom_size = 256
   config.num_epochs = 30

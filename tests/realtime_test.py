@@ -23,8 +23,13 @@ def test_table_has_one_row_per_model_runtime_and_weights():
 
 
 def test_targets_take_the_fastest_runtime_and_the_lightest_peer():
-  lines = realtime.targets(_ROWS)
+  lines = realtime.targets(_ROWS, "ultralight_unet")
   assert lines[0].startswith("ultralight_unet on 1 core, fastest runtime (TFLite (XNNPACK), int8): 2.50 ms")
   assert "400 frames/s" in lines[0]
   # the lightest peer by parameters (the MobileNet U-Net), not the slowest: 24 / 3 = 8x
   assert "vs smp Unet(mobilenetv3_small) 24.00 ms: 8.0x faster" in lines[1]
+
+
+def test_the_targets_are_about_the_realtime_config():
+  assert realtime.realtime_model() == "light_unet:mobilenetv3_small"
+  assert realtime.targets(_ROWS) == []  # no row of that model above: no target line claims anything
