@@ -1,5 +1,6 @@
-"""veinjax.checkpoint: latest N + best, exact round trips, clear errors, no non-finite writes."""
+"""veinjax.checkpoint: latest N + best, exact round trips, clear errors, no non-finite writes, a full disk."""
 
+import errno
 import os
 
 import jax
@@ -8,7 +9,9 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import fill_disk_during_meta_writes
 from veinjax import checkpoint
+from veinjax import files
 
 FINGERPRINT = {"model": "resnet34_unet", "encoder": "resnet18", "num_classes": 1, "in_channels": 1}
 
@@ -123,4 +126,62 @@ def test_unknown_best_metric_lists_choices(tmp_path):
   manager = checkpoint.Checkpoints(str(tmp_path), keep=1, best_metric="mIoU")
   with pytest.raises(KeyError, match="acc, miou"):
     _save(manager, 1, 0.5)
+  manager.close()
+
+
+_ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+# TensorStore, which writes orbax's arrays, reports a full disk as a ValueError in its own words.
+_TENSORSTORE_FULL = ValueError('RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database: Failed to '
+                               'write 18142 bytes to file 21: No space left on device')
+
+
+@pytest.mark.parametrize("managers,error,latest,best", [
+    (("checkpoints", "checkpoints_best"), _ENOSPC, 1, 1),
+    (("checkpoints",), _TENSORSTORE_FULL, 1, 2),  # the best of step 2 was written before the disk filled
+    # Only the best of step 2 failed: its latest is dropped too, so a resume redoes step 2's evaluation.
+    (("checkpoints_best",), OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)), 1, 1),
+])
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch, managers, error, latest,
+                                                               best):
+  manager = checkpoint.Checkpoints(str(tmp_path), keep=2)
+  _save(manager, 1, 0.5)
+  manager.wait()
+  fill_disk_during_meta_writes(monkeypatch, managers, 2, error)
+  with pytest.raises(files.DiskFullError) as info:
+    _save(manager, 2, 0.6)  # better: both the latest and the best are written
+    manager.wait()  # (the write is in the background: its failure surfaces here)
+  message = str(info.value)
+  full = "the disk quota is exceeded" if getattr(error, "errno", None) == errno.EDQUOT else "the disk is full"
+  failed = "checkpoints_best" if managers == ("checkpoints_best",) else "checkpoints"
+  assert message.startswith(f"Could not write {tmp_path / failed / '2'}: {full}"), message
+  assert f"the latest is step 1 ({tmp_path / 'checkpoints' / '1'}), the best step {best} " in message
+  assert "Training resumes from step 1 when run again" in message and "df -h" in message
+  manager.wait()  # reported once: neither a second wait nor close raises it again
+  manager.close()
+  monkeypatch.undo()  # space again
+  # A resumed run's manager: the earlier checkpoint restores intact, the partial one is gone.
+  again = checkpoint.Checkpoints(str(tmp_path), keep=2)
+  assert (again.latest_step(), again.best_step()) == (latest, best)
+  target_model, target_opt = _trees(99)
+  model, opt, meta = again.restore("latest", target_model, target_opt, FINGERPRINT)
+  saved_model, saved_opt = _trees(1)
+  jax.tree.map(np.testing.assert_array_equal, model, saved_model)
+  jax.tree.map(np.testing.assert_array_equal, opt, jax.device_get(saved_opt))
+  assert meta["step"] == 1 and meta["metrics"]["miou"] == 0.5
+  _save(again, 2, 0.6)
+  again.wait()
+  assert (again.latest_step(), again.best_step(), again.best_value) == (2, 2, 0.6)
+  again.close()
+  for name in ("checkpoints", "checkpoints_best"):
+    assert not [d for d in os.listdir(tmp_path / name) if "tmp" in d], os.listdir(tmp_path / name)
+
+
+def test_other_write_errors_are_raised_as_they_are(tmp_path, monkeypatch):
+  manager = checkpoint.Checkpoints(str(tmp_path), keep=2)
+  _save(manager, 1, 0.5)
+  manager.wait()
+  fill_disk_during_meta_writes(monkeypatch, ("checkpoints",), 2, PermissionError(errno.EACCES, "Permission denied"))
+  with pytest.raises(PermissionError):
+    _save(manager, 2, None)
+    manager.wait()
   manager.close()

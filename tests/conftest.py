@@ -6,8 +6,10 @@
   (e.g. an interrupted run and its resumption) compile it once.
 - The suite runs on one CPU device; tests needing several devices start a subprocess with XLA_FLAGS (see
   tests/parallel_test.py), because the device count is fixed when JAX starts.
+- `fill_disk_during_meta_writes`: a full disk in the middle of a checkpoint write (checkpoint, training tests).
 """
 
+import asyncio
 import importlib.util
 import pathlib
 
@@ -92,3 +94,24 @@ def trained(tmp_path_factory, phantom_data_dir):
   workdir = str(tmp_path_factory.mktemp("run"))
   result = train_lib.train_and_evaluate(config, workdir)
   return config, workdir, result
+
+
+def fill_disk_during_meta_writes(monkeypatch, managers, step, error):
+  """The disk fills up in the middle of writing checkpoint `step` in the `managers` directories ("checkpoints",
+  "checkpoints_best"): its `meta` item is written halfway, then the write fails with `error` (orbax's JSON
+  item writer, patched; its array items are written as usual)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  original = ocp.JsonCheckpointHandler._save_fn
+
+  async def failing(self, item, directory):
+    # directory: WORKDIR/<manager>/<step>.orbax-checkpoint-tmp/meta.orbax-checkpoint-tmp
+    step_dir = pathlib.Path(str(directory)).parent
+    if step_dir.parent.name in managers and step_dir.name.split(".")[0] == str(step):
+      (pathlib.Path(str(directory)) / self._filename).write_text('{"fingerprint": {"mod')
+      # The array items finish first, so that a manager reopened in this same process (a real resume is a
+      # new process) removes a partial directory that nothing is still writing into.
+      await asyncio.sleep(0.2)
+      raise error
+    return await original(self, item, directory)
+
+  monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", failing)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from veinjax import files
 from veinjax import frames
 from veinjax import inference
 from veinjax import predict_lib
@@ -162,6 +163,28 @@ def test_unreadable_frame_stops_or_is_skipped_keeping_finished_frames(predictor,
                                        str(tmp_path / "skip"))
   assert skipped["frames"] == 2 and skipped["skipped"] == [str(folder / "f1.png")]
   assert sorted(os.listdir(tmp_path / "skip" / "masks")) == ["f0.png", "f2.png"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_disk_full_stops_with_a_clear_error_and_no_half_written_file(predictor, tmp_path):
+  """The disk is full when frame f2's overlay is written, after its mask (the overlay's temporary file is a
+  link to /dev/full, where every write fails with ENOSPC): the frames before it are whole and listed in
+  predictions.csv, and nothing of f2 is left, not even its mask."""
+  source = frames.open_source(str(_frames_dir(tmp_path / "in", count=5)))  # batches of 4: f2 mid-batch
+  out = tmp_path / "out"
+  os.makedirs(out / "overlays")
+  os.symlink("/dev/full", out / "overlays" / "f2.png.tmp")
+  with pytest.raises(files.DiskFullError) as info:
+    predict_lib.predict_to_dir(predictor, source, str(out))
+  message = str(info.value)
+  assert message.startswith(f"Could not write {out / 'overlays' / 'f2.png'}: the disk is full"), message
+  assert f"{out} holds the results of the first 2 frame(s) and nothing of the next, and predictions.csv" in message
+  assert "run the same command again" in message
+  assert [r["frame"] for r in _read_csv(out / "predictions.csv")] == ["f0", "f1"]
+  assert sorted(os.listdir(out / "masks")) == ["f0.png", "f1.png"]  # no f2.png, no temporary file
+  assert sorted(os.listdir(out / "overlays")) == ["f0.png", "f1.png"]
+  for name in ("f0", "f1"):
+    assert np.asarray(Image.open(out / "masks" / f"{name}.png")).shape == (40, 56)  # whole PNGs
 
 
 def test_predict_main_end_to_end(trained, tmp_path):

@@ -1,9 +1,10 @@
-"""veinjax.train_lib end to end on a tiny phantom: train, evaluate, resume, NaN guard, wrong checkpoint.
+"""veinjax.train_lib end to end on a tiny phantom: train, evaluate, resume, NaN guard, full disk, wrong checkpoint.
 
 One 2-epoch run of a 32x32 ResNet18-UNet (the `trained` fixture of conftest.py) is shared by most tests; the steps compile
 once per session thanks to the compilation cache set up in conftest.py.
 """
 
+import errno
 import json
 import math
 import os
@@ -13,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import fill_disk_during_meta_writes, tiny_config
 
 from veinjax import checkpoint
 from veinjax import evaluation
+from veinjax import files
 from veinjax import inference
 from veinjax import losses
 from veinjax import steps
@@ -200,6 +202,30 @@ def test_nan_loss_stops_the_run_and_keeps_the_best_checkpoint(trained, tmp_path)
   jax.tree.map(np.testing.assert_array_equal, best_after, best_before)
   _, latest_meta = _host_params(workdir, "latest")
   assert latest_meta["step"] == 8
+
+
+def test_disk_full_while_checkpointing_stops_clearly_and_keeps_the_previous_checkpoint(
+    trained, tmp_path, monkeypatch):
+  """The disk fills up in the middle of the (background) write of the mid-epoch checkpoint of step 9: the run
+  stops with DiskFullError at its next save, and step 8's checkpoint restores intact. (That a reopened
+  workdir drops the partial checkpoint and saves again: tests/checkpoint_test.py; train.py resuming after
+  a real full disk: docs/bad_inputs.md t8, t9.)"""
+  config, straight_dir, _ = trained
+  workdir = str(tmp_path / "full")
+  shutil.copytree(straight_dir, workdir)  # the finished 2-epoch run; a third epoch: steps 9..12
+  longer = config.copy_and_resolve_references()
+  longer.num_epochs = 3  # (a resume-free field)
+  fill_disk_during_meta_writes(monkeypatch, ("checkpoints",), 9, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+  with pytest.raises(files.DiskFullError, match=(
+      rf"^Could not write {workdir}/checkpoints/9: the disk is full \(No space left on device\)\. The checkpoint "
+      rf"of step 9 was not written .*the latest is step 8 \({workdir}/checkpoints/8\), the best step \d .*"
+      r"Training resumes from step 8 when run again\. Free space on that disk")):
+    train_lib.train_and_evaluate(longer, workdir)
+  monkeypatch.undo()
+  kept, meta = _host_params(workdir)  # a fresh restore, as a resumed run does it
+  assert (meta["step"], meta["epoch"], meta["step_in_epoch"]) == (8, 2, 0)
+  jax.tree.map(np.testing.assert_array_equal, kept, _host_params(straight_dir)[0])
+  assert sorted(d for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()) == ["6", "8"]
 
 
 def test_checkpoint_of_another_model_fails_clearly(trained, tmp_path):

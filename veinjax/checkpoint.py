@@ -22,6 +22,15 @@ replicated numpy arrays from the primary process only, and every process restore
 directory, so saving and restoring are safe on many hosts (every process must call `save` and `restore`; the
 managers synchronise them). A state with a non-finite value is never written (`FloatingPointError`), so a
 diverged run can overwrite neither the latest nor the best checkpoint.
+
+A full disk (or quota) while writing is `files.DiskFullError`, raised by `save` or `wait` (orbax writes in
+the background, so a failed write surfaces at the next of them), naming the step and the checkpoints kept.
+Orbax writes each checkpoint into `<step>.orbax-checkpoint-tmp` and renames it when complete, so the earlier
+checkpoints stay intact and restorable. The partial directory is left while orbax's other writes may still
+be running; `Checkpoints` removes such leftovers when it opens a workdir (a resumed run: orbax's
+`cleanup_tmp_directories`), as it does those of a killed run.
+When only the best checkpoint of a step failed, that step's latest checkpoint is removed too, so a resumed
+run redoes the step's evaluation and best decision (as after a crash between the two writes).
 """
 
 from __future__ import annotations
@@ -35,11 +44,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from veinjax import files
 from veinjax.workdir import to_jsonable
 
 LATEST_DIR = "checkpoints"
 BEST_DIR = "checkpoints_best"
 CHECKPOINT_CHOICES = ("best", "latest")
+_ORBAX_TMP = ".orbax-checkpoint-tmp"  # orbax's suffix of a checkpoint directory still being written
 
 PyTree = Any
 
@@ -143,7 +154,9 @@ class Checkpoints:
       raise ValueError(f"--config.keep_checkpoints must be >= 1 (resume needs the latest); got {keep}.")
     self.workdir = os.path.abspath(workdir)
     self.best_metric = best_metric
-    options = dict(create=True, enable_async_checkpointing=async_save)
+    # cleanup_tmp_directories: a resumed run first removes the partial checkpoints of a write that failed
+    # (a full disk) or was killed. Only training opens a workdir's Checkpoints; evaluation reads alone.
+    options = dict(create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     # Each manager names its own cross-process barriers: both save the same step at an epoch's end, and
     # on many hosts orbax's barrier keys (e.g. "_async_write_complete.<step>") would otherwise collide.
     self._latest = ocp.CheckpointManager(
@@ -155,6 +168,8 @@ class Checkpoints:
         options=ocp.CheckpointManagerOptions(max_to_keep=1, **options,
                                              multiprocessing_options=_barriers(BEST_DIR)))
     self._best_value = None
+    self._writing: int | None = None  # the step of the last save started (maybe still writing)
+    self._failed: BaseException | None = None  # a write error already raised (not raised again)
     if self._best.latest_step() is not None:
       meta = self._read_meta(self._best, self._best.latest_step())
       self._best_value = meta.get("metrics", {}).get(best_metric)
@@ -205,6 +220,8 @@ class Checkpoints:
 
     Raises:
       FloatingPointError: some parameter or statistic is NaN/Inf; nothing is written.
+      files.DiskFullError: the disk is full (or over quota): this step's checkpoint, or that of an earlier
+        save still being written in the background, could not be written; the ones before it are kept.
     """
     model_tree, opt_tree = jax.device_get(model_tree), jax.device_get(opt_tree)
     bad = first_non_finite(model_tree) or first_non_finite(opt_tree)
@@ -231,22 +248,68 @@ class Checkpoints:
       # are the same everywhere, but one differing rounding must not leave a process waiting at a barrier).
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       is_best = bool(multihost_utils.broadcast_one_to_all(np.asarray(is_best)))
+    self.wait()  # an earlier background write that failed is reported here, naming its own step
     # Best first: a crash between the two writes then redoes this step's evaluation after resuming from the
     # previous latest checkpoint, which reproduces the same value and leaves the best as it is.
-    if is_best:
-      self._best.save(step, args=args, force=True)
-      self._best_value = value
-    self._latest.save(step, args=args, force=True)
+    self._writing = int(step)
+    failed = None
+    try:
+      if is_best:
+        failed = "best"
+        self._best.save(step, args=args, force=True)
+        self._best_value = value
+      failed = "latest"
+      self._latest.save(step, args=args, force=True)
+    except Exception as e:  # pylint: disable=broad-except  (re-raised, or raised as DiskFullError)
+      self._write_failed(e, {failed})
+      raise
     return is_best
 
   def wait(self) -> None:
-    """Blocks until background writes are on disk."""
-    self._latest.wait_until_finished()
-    self._best.wait_until_finished()
+    """Blocks until background writes are on disk. A write error is raised once (`files.DiskFullError` for a
+    full disk); later calls, and `close`, do not raise it again."""
+    errors = {}
+    for which, manager in (("latest", self._latest), ("best", self._best)):
+      try:
+        manager.wait_until_finished()
+      except Exception as e:  # pylint: disable=broad-except  (both are waited for; re-raised below)
+        errors[which] = e
+    if errors and self._failed is None:
+      error = next(iter(errors.values()))
+      self._write_failed(error, set(errors))
+      raise error
 
   def close(self) -> None:
-    self._latest.close()
-    self._best.close()
+    for manager in (self._latest, self._best):
+      try:
+        manager.close()
+      except Exception as e:  # pylint: disable=broad-except
+        if self._failed is None:
+          self._write_failed(e, set())
+          raise
+
+  def _write_failed(self, error: BaseException, which: set[str]) -> None:
+    """Records a failed write (of the managers in `which`: "latest", "best"); a full disk is raised as
+    `DiskFullError` naming the step and the checkpoints kept, anything else is left to the caller to re-raise."""
+    self._failed = error
+    if not files.is_disk_full(error):
+      return
+    step = self._writing
+    if which == {"best"} and step is not None and step in _finished_steps(self._latest):
+      # The best of this step is lost: drop its latest too, so a resume redoes its evaluation and decision.
+      self._latest.delete(step)
+    # From the disk: after a failed save, orbax's own list may already lack the step it meant to replace.
+    latest, best = (max(_finished_steps(m), default=None) for m in (self._latest, self._best))
+    where = os.path.join(self.workdir, BEST_DIR if which == {"best"} else LATEST_DIR, str(step))
+    partial = f"The checkpoint of step {step} was not written (its partial {step}{_ORBAX_TMP} is removed on resuming)"
+    if latest is None:
+      kept = f"{partial} and {self.workdir} holds no earlier one, so training starts over when run again."
+    else:
+      kept = (f"{partial}; the ones before it are intact: the latest is step {latest} "
+              f"({os.path.join(self.workdir, LATEST_DIR, str(latest))})"
+              + (f", the best step {best} ({os.path.join(self.workdir, BEST_DIR, str(best))})" if best is not None
+                 else "") + f". Training resumes from step {latest} when run again.")
+    raise files.disk_full_error(where, error, kept=kept, then="run the same command again") from error
 
   # ---- Restore ----
 
@@ -270,6 +333,12 @@ class Checkpoints:
                               f"another --checkpoint ({', '.join(CHECKPOINT_CHOICES)} or a path).")
     return _restore(lambda args: manager.restore(step, args=args), os.path.join(str(manager.directory), str(step)),
                     model_target, opt_target, fingerprint)
+
+
+def _finished_steps(manager: ocp.CheckpointManager) -> list[int]:
+  """The steps of the complete checkpoints on disk (orbax renames a step's directory to its number when done)."""
+  directory = manager.directory  # an etils epath.Path
+  return [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.exists() else []
 
 
 def _restore(restore_fn, where: str, model_target, opt_target, fingerprint):

@@ -4,12 +4,15 @@
   cli.quiet_library_logs(__file__)     # once, in main
 
 - `run`: a clear error (`ValueError` and its kinds `BadExampleError`, `CheckpointMismatchError`,
-  `WeightsError`; `FileNotFoundError`; `FloatingPointError`) is printed alone, `Error: <message>` on stderr,
-  and the main exits with status 1; with absl's `--verbosity=1` (or higher) the full traceback is shown
-  instead. An override of a config field that does not exist (`--config.lerning_rate=0.1`, which
-  ml_collections reports as a bare AttributeError deep in flag parsing) is reported the same way, naming
-  the flag and the closest valid fields; so is a config file that does not load.
-- `quiet_library_logs`: hides the INFO chatter of orbax, TFDS and JAX.
+  `WeightsError`; `FileNotFoundError`; `FloatingPointError`; `files.DiskFullError`, or a full disk in
+  another library's words) is printed alone, `Error: <message>` on stderr, and the main exits with status
+  1; with absl's `--verbosity=1` (or higher) the full traceback is shown instead. An override of a config
+  field that does not exist (`--config.lerning_rate=0.1`, which ml_collections reports as a bare
+  AttributeError deep in flag parsing) is reported the same way, naming the flag and the closest valid
+  fields; so is a config file that does not load.
+- `quiet_library_logs`: hides the INFO chatter of orbax, TFDS and JAX (and orbax's own tracebacks of a full
+  disk, which veinjax reports once); `run` also drops the tracebacks of orbax writes that finish after one
+  of them failed (`drop_closed_loop_callbacks`).
 - `shell_command`: a command line with its arguments quoted (for the hints a main prints).
 
 The library itself never changes logging or exits; only the mains call these.
@@ -27,19 +30,31 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from veinjax import files
+
 # The errors whose message says all there is to say (the message names the flag, file or step and the fix).
-# BadExampleError, CheckpointMismatchError and WeightsError are ValueErrors.
-CLEAR_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+# BadExampleError, CheckpointMismatchError and WeightsError are ValueErrors; DiskFullError is an OSError
+# (veinjax.files: a full disk or quota, naming the path and what was kept).
+CLEAR_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, files.DiskFullError)
+
+
+def _about_a_full_disk(record: logging.LogRecord) -> bool:
+  error = record.exc_info[1] if record.exc_info else None
+  return (error is not None and files.is_disk_full(error)) or files.is_disk_full(Exception(record.getMessage()))
 
 
 class _OnlyOwnInfo(logging.Filter):
-  """Passes warnings and errors from everywhere, INFO only from veinjax and the running main."""
+  """Passes warnings and errors from everywhere, INFO only from veinjax and the running main; drops orbax's
+  error reports of a full disk (a traceback from each of its writer threads), which veinjax.checkpoint
+  raises once, as `files.DiskFullError`."""
 
   def __init__(self, keep_dirs):
     super().__init__()
     self._keep = tuple(keep_dirs)
 
   def filter(self, record: logging.LogRecord) -> bool:
+    if f"{os.sep}orbax{os.sep}" in record.pathname and record.levelno >= logging.ERROR:
+      return not _about_a_full_disk(record)
     return record.levelno >= logging.WARNING or record.pathname.startswith(self._keep)
 
 
@@ -144,16 +159,19 @@ def _verbose() -> bool:
 
 def clear_errors(main: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]], Any]:
   """`main` with its clear errors (CLEAR_ERRORS) printed alone as `Error: <message>` (exit status 1), or
-  raised with the full traceback under `--verbosity=1` or higher."""
+  raised with the full traceback under `--verbosity=1` or higher. A full disk that some writer reports in
+  its own words (not as `files.DiskFullError`) is printed alone too, saying what to do."""
 
   @functools.wraps(main)
   def wrapped(argv):
     try:
       return main(argv)
-    except CLEAR_ERRORS as e:
-      if _verbose():
+    except Exception as e:  # pylint: disable=broad-except  (anything else is re-raised)
+      disk_full = not isinstance(e, files.DiskFullError) and files.is_disk_full(e)
+      if not (disk_full or isinstance(e, CLEAR_ERRORS)) or _verbose():
         raise
-      _print_error(e)
+      _print_error(f"the disk is full (or over its quota): {e}. Free space on that disk or write to another "
+                   "one, then run the same command again." if disk_full else e)
       sys.exit(1)
 
   return wrapped
@@ -195,11 +213,34 @@ def _with_loaded_config(main: Callable[[Sequence[str]], Any], config_flag) -> Ca
   return wrapped
 
 
+def _is_closed_loop_callback(unraisable) -> bool:
+  return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+
+
+def drop_closed_loop_callbacks() -> None:
+  """When one write of an orbax checkpoint fails (a full disk), the writes still in flight complete onto its
+  event loop, which is closed by then: each prints a traceback (`RuntimeError: Event loop is closed`, through
+  `sys.unraisablehook`), hundreds of them around the one clear error. Their results are discarded anyway and
+  the failure is reported once (`files.DiskFullError`), so the mains drop those tracebacks (any other goes to
+  the previous hook)."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_callbacks", False):
+    return
+
+  def hook(unraisable):
+    if not _is_closed_loop_callback(unraisable):
+      previous(unraisable)
+
+  hook.drops_closed_loop_callbacks = True
+  sys.unraisablehook = hook
+
+
 def run(main: Callable[[Sequence[str]], Any], config_flag=None) -> None:
   """`absl.app.run(main)` with clear errors printed alone (see the module docstring). `config_flag`: the
   main's `config_flags.DEFINE_config_file` holder (or None), whose unknown overrides are named and whose
   file, if it does not load, is a clear error."""
   from absl import app  # pylint: disable=g-import-not-at-top
+  drop_closed_loop_callbacks()
   names = [config_flag.name] if config_flag is not None else []
   if config_flag is not None:
     main = _with_loaded_config(main, config_flag)

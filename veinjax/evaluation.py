@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from veinjax import config_checks
+from veinjax import files
 from veinjax import initialization
 from veinjax import metrics as metrics_lib
 from veinjax import parallel
@@ -128,7 +129,8 @@ def safe_file_stem(example_id, index: int) -> str:
 class PanelWriter:
   """An `on_example` callback writing each example's input | label | prediction panel to DIR/<id>.png.
 
-  On many hosts it writes on process 0 only, which `evaluate_split` gives every process's examples.
+  On many hosts it writes on process 0 only, which `evaluate_split` gives every process's examples. Each
+  picture is written whole (`veinjax.files`): a full disk raises `files.DiskFullError`, leaving no half PNG.
   """
 
   def __init__(self, directory: str):
@@ -140,8 +142,7 @@ class PanelWriter:
   def __call__(self, image, label, prediction, example_id) -> None:
     if jax.process_index() == 0:
       path = os.path.join(self.directory, safe_file_stem(example_id, self.written) + ".png")
-      with open(path, "wb") as f:
-        f.write(viz.encode_png(viz.panel(image, label, prediction)))
+      files.write_bytes(path, viz.encode_png(viz.panel(image, label, prediction)))  # whole, or not at all
     self.written += 1
 
 

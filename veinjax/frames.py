@@ -13,6 +13,7 @@ images become 8 bits by `high_bit_depth` (predict.py: the run's config.dataset.h
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
+from veinjax import files
 from veinjax.data.decode import IMAGE_EXTENSIONS, BadExampleError, read_image
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -158,7 +160,8 @@ def _image_sequence(path: Path, high_bit_depth: str = "auto") -> Iterator[np.nda
 
 class VideoWriter:
   """Writes uint8 RGB frames [H, W, 3] as an MPEG-4 video, frame by frame (dimensions padded to even, as
-  yuv420p needs). The file appears under its name only when `close()` finishes it."""
+  yuv420p needs). The file appears under its name only when `close()` finishes it; a write that fails
+  removes the partial file (a full disk raises `files.DiskFullError`)."""
 
   def __init__(self, path: str, fps: float):
     self.path, self.fps = path, fps
@@ -166,6 +169,24 @@ class VideoWriter:
     self._container = self._stream = None
 
   def add(self, frame: np.ndarray) -> None:
+    try:
+      self._add(frame)
+    except Exception as e:  # pylint: disable=broad-except  (re-raised, a full disk as DiskFullError)
+      self._abort(e)
+      raise
+
+  def _abort(self, error: Exception) -> None:
+    """Drops the partial file after a failed write; raises `files.DiskFullError` for a full disk."""
+    container, self._container = self._container, None
+    if container is not None:
+      with contextlib.suppress(Exception):
+        container.close()
+    with contextlib.suppress(OSError):
+      os.remove(self._tmp)
+    if files.is_disk_full(error):
+      raise files.disk_full_error(self.path, error) from error
+
+  def _add(self, frame: np.ndarray) -> None:
     av = _av()
     height, width = frame.shape[:2]
     if self._container is None:
@@ -181,8 +202,12 @@ class VideoWriter:
   def close(self) -> None:
     if self._container is None:
       return
-    for packet in self._stream.encode():
-      self._container.mux(packet)
-    self._container.close()
-    self._container = None
-    os.replace(self._tmp, self.path)
+    try:
+      for packet in self._stream.encode():
+        self._container.mux(packet)
+      self._container.close()
+      self._container = None
+      os.replace(self._tmp, self.path)
+    except Exception as e:  # pylint: disable=broad-except  (re-raised, a full disk as DiskFullError)
+      self._abort(e)
+      raise

@@ -11,13 +11,16 @@ OUTPUT/ afterwards holds:
   tracks.csv                  for a clip: every vessel track per frame (veinjax.analysis.tracking; a header
                               alone = nothing was tracked)
 
-Every file is written whole (a temporary file renamed into place) and the CSV is flushed after each batch, so a run
-stopped midway leaves each finished frame intact and no half-written file.
+Every file is written whole (a temporary file renamed into place, `veinjax.files`) and each frame's CSV rows are
+appended whole once its files are written, so a run stopped midway leaves each finished frame intact and no
+half-written file or CSV line. A full disk stops it with `files.DiskFullError`, which says how many frames are done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import time
 from collections.abc import Iterator
@@ -25,6 +28,7 @@ from collections.abc import Iterator
 import numpy as np
 from absl import logging
 
+from veinjax import files
 from veinjax import frames as frames_lib
 from veinjax import inference
 from veinjax import viz
@@ -34,17 +38,38 @@ from veinjax.data import decode
 CSV_FIELDS = ("frame", "class", "area_px", "area_mm2")
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-  tmp = f"{path}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
 def _save_npy(path: str, array: np.ndarray) -> None:
-  tmp = f"{path}.tmp.npy"
-  np.save(tmp, array)
-  os.replace(tmp, path)
+  with files.written_whole(path, suffix=".tmp.npy") as tmp:
+    np.save(tmp, array)
+
+
+def _write_frame(dirs: dict[str, str], name: str, result, overlay: np.ndarray, save_probabilities: bool) -> None:
+  """masks/<name>.png, overlays/<name>.png [, probabilities/<name>.npy]: all of them or none (a write that
+  fails removes the frame's files written before it)."""
+  written = []
+  try:
+    path = os.path.join(dirs["masks"], f"{name}.png")
+    files.write_bytes(path, viz.encode_png(result.mask))
+    written.append(path)
+    path = os.path.join(dirs["overlays"], f"{name}.png")
+    files.write_bytes(path, viz.encode_png(overlay))
+    written.append(path)
+    if save_probabilities:
+      _save_npy(os.path.join(dirs["probabilities"], f"{name}.npy"), result.probabilities)
+  except BaseException:
+    for path in written:
+      with contextlib.suppress(OSError):
+        os.remove(path)
+    raise
+
+
+def _csv_bytes(rows: list[dict], header: bool = False) -> bytes:
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=CSV_FIELDS)
+  if header:
+    writer.writeheader()
+  writer.writerows(rows)
+  return text.getvalue().encode("utf-8")
 
 
 def prepare_output_dir(output_dir: str, save_probabilities: bool) -> dict[str, str]:
@@ -98,8 +123,8 @@ def _write_clip_outputs(output_dir: str, source: frames_lib.FrameSource, masks: 
   """tracks.csv and the labelled overlay video of a clip; returns their paths."""
   tracks = tracking.track(masks, pixel_spacing_mm=pixel_spacing_mm or None) if masks else []
   tracks_path = os.path.join(output_dir, "tracks.csv")
-  rows = tracking.write_tracks_csv(tracks, tracks_path + ".tmp")
-  os.replace(tracks_path + ".tmp", tracks_path)
+  with files.written_whole(tracks_path) as tmp:
+    rows = tracking.write_tracks_csv(tracks, tmp)
   logging.info("Tracked %d vessel(s) over %d frames (%d rows) -> %s", len(tracks), len(masks), rows, tracks_path)
   stem = os.path.splitext(os.path.basename(source.path))[0]
   video = frames_lib.VideoWriter(os.path.join(output_dir, f"{stem}_overlay.mp4"), source.fps)
@@ -117,6 +142,10 @@ def predict_to_dir(predictor: inference.Predictor, source: frames_lib.FrameSourc
 
   A clip's masks and overlays are kept in memory for the tracker and the video (about 4 bytes per pixel
   and frame).
+
+  Raises:
+    files.DiskFullError: the disk filled up (or the quota ran out); the message says how many frames are
+      done (their files whole, their rows in predictions.csv) and that no half-written file is left.
   """
   if pixel_spacing_mm < 0:
     raise ValueError(f"--pixel_spacing_mm={pixel_spacing_mm} must be >= 0 (0 = pixels only).")
@@ -124,30 +153,33 @@ def predict_to_dir(predictor: inference.Predictor, source: frames_lib.FrameSourc
   csv_path = os.path.join(output_dir, "predictions.csv")
   clip_masks, clip_overlays = [], []
   done, start = 0, time.perf_counter()
-  with open(csv_path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-    writer.writeheader()
-    for batch in _batches(source, predictor.batch_size):
-      results = predictor.predict([frame for _, frame in batch])
-      for (name, frame), result in zip(batch, results):
-        _write_atomic(os.path.join(dirs["masks"], f"{name}.png"), viz.encode_png(result.mask))
-        overlay = viz.overlay(decode.frame_to_uint8(frame), result.mask)
-        _write_atomic(os.path.join(dirs["overlays"], f"{name}.png"), viz.encode_png(overlay))
-        if save_probabilities:
-          _save_npy(os.path.join(dirs["probabilities"], f"{name}.npy"), result.probabilities)
-        writer.writerows(_csv_rows(name, result.mask, predictor.num_labels, pixel_spacing_mm))
-        if source.is_clip:
-          clip_masks.append(result.mask)
-          clip_overlays.append(overlay)
-      f.flush()
-      done += len(batch)
-      if done % log_every < len(batch):
-        rate = done / max(time.perf_counter() - start, 1e-9)
-        logging.info("%d frames (%.1f frames/s)", done, rate)
-  seconds = time.perf_counter() - start
-  tracks_path = video_path = None
-  if source.is_clip:
-    tracks_path, video_path = _write_clip_outputs(output_dir, source, clip_masks, clip_overlays, pixel_spacing_mm)
+  try:
+    with open(csv_path, "wb", buffering=0) as f:  # unbuffered: a failed append is cut back at once
+      files.append_whole(f, _csv_bytes([], header=True), csv_path)
+      for batch in _batches(source, predictor.batch_size):
+        results = predictor.predict([frame for _, frame in batch])
+        for (name, frame), result in zip(batch, results):
+          overlay = viz.overlay(decode.frame_to_uint8(frame), result.mask)
+          _write_frame(dirs, name, result, overlay, save_probabilities)
+          files.append_whole(f, _csv_bytes(_csv_rows(name, result.mask, predictor.num_labels, pixel_spacing_mm)),
+                             csv_path)
+          done += 1
+          if source.is_clip:
+            clip_masks.append(result.mask)
+            clip_overlays.append(overlay)
+        if done % log_every < len(batch):
+          rate = done / max(time.perf_counter() - start, 1e-9)
+          logging.info("%d frames (%.1f frames/s)", done, rate)
+    seconds = time.perf_counter() - start
+    tracks_path = video_path = None
+    if source.is_clip:
+      tracks_path, video_path = _write_clip_outputs(output_dir, source, clip_masks, clip_overlays, pixel_spacing_mm)
+  except files.DiskFullError as e:
+    clip = " (the clip's tracks.csv and overlay video are not written)" if source.is_clip else ""
+    raise files.disk_full_error(
+        e.filename, e, kept=f"No half-written file is left: {output_dir} holds the results of the first {done} "
+        f"frame(s) and nothing of the next, and predictions.csv lists exactly those{clip}.",
+        then="run the same command again (it predicts every frame again)") from e
   summary = {"frames": done, "skipped": list(source.skipped), "seconds": seconds,
              "frames_per_second": done / seconds if seconds > 0 else float("nan"), "csv": csv_path,
              "video": video_path, "tracks": tracks_path}

@@ -402,6 +402,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
     decode.BadExampleError: a file of any split of a `folder` dataset is bad (named with its split).
     FileNotFoundError / pretrained.WeightsError: a fresh start's encoder_weights or init_from cannot be
       read (the message names the flag and the path).
+    files.DiskFullError: the disk filled up (or the quota ran out) writing a checkpoint or a record; the
+      checkpoints before it are intact, and the same call resumes from the latest once there is space.
   """
   validate_config(config)
   workdir = os.path.abspath(workdir)
@@ -445,9 +447,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_co
                     "to resume from it.", progress.step)
   finally:
     run.preemption.close()
-    run.checkpoints.wait()
-    run.checkpoints.close()
-    run.writer.close()
+    try:
+      run.checkpoints.wait()  # a background write that failed (e.g. a full disk) is raised here
+    finally:
+      run.checkpoints.close()
+      run.writer.close()
   return {"step": progress.step, "epoch": progress.epoch, "best_step": run.checkpoints.best_step(),
           "best_metric": config.best_metric, "best_value": run.checkpoints.best_value,
           "metrics": progress.last_metrics, "workdir": workdir, "preempted": preempted}

@@ -5,6 +5,9 @@
   DIR/history.jsonl    one JSON object per evaluation (`append_history`, `read_history`, `truncate_history`)
   any *.json           strict JSON written atomically (`write_json`), so a reader never sees half a file
 
+Every file here is written whole (`veinjax.files`): a write that fails leaves the file as it was, and one
+that fails for want of space raises `files.DiskFullError` naming the file.
+
 Only process 0 writes (every writer here is a no-op elsewhere), so callers on many hosts need no
 `if jax.process_index() == 0`. Metrics go through `to_jsonable`: numpy values become plain JSON and an
 undefined metric (NaN) becomes null, which strict JSON readers accept.
@@ -23,6 +26,8 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+
+from veinjax import files
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.jsonl"
@@ -61,20 +66,13 @@ def write_json(path: str, value: Any, indent: int | None = 2) -> None:
   """Writes `value` as strict JSON (sorted keys), atomically: a temporary file renamed over `path`."""
   if not _is_writer():
     return
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(to_jsonable(value), f, indent=indent, sort_keys=True, allow_nan=False)
-    f.write("\n")
-  os.replace(tmp, path)
+  files.write_text(path, json.dumps(to_jsonable(value), indent=indent, sort_keys=True, allow_nan=False) + "\n")
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """DIR/config.json: the resolved config the run trains with (atomically: other processes read it)."""
   if _is_writer():
-    path = os.path.join(workdir, CONFIG_FILE)
-    with open(f"{path}.tmp", "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-    os.replace(f"{path}.tmp", path)
+    files.write_text(os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
 def config_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
@@ -137,15 +135,15 @@ def truncate_history(workdir: str, step: int) -> None:
   if not _is_writer():
     return
   records = [r for r in read_history(workdir) if r.get("step", 0) <= step]
-  path = os.path.join(workdir, HISTORY_FILE)
-  with open(path + ".tmp", "w") as f:
-    for r in records:
-      f.write(json.dumps(r, allow_nan=False) + "\n")
-  os.replace(path + ".tmp", path)
+  files.write_text(os.path.join(workdir, HISTORY_FILE), "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
 
 
 def append_history(workdir: str, record: Mapping[str, Any]) -> None:
-  """Adds one evaluation record to DIR/history.jsonl."""
+  """Adds one evaluation record to DIR/history.jsonl, whole or not at all (a failed append leaves no half
+  line, which would stop every later `read_history`, and so the run's resume)."""
   if _is_writer():
-    with open(os.path.join(workdir, HISTORY_FILE), "a") as f:
-      f.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
+    path = os.path.join(workdir, HISTORY_FILE)
+    line = (json.dumps(to_jsonable(record), allow_nan=False) + "\n").encode("utf-8")
+    with open(path, "ab", buffering=0) as f:
+      files.append_whole(f, line, path, kept=f"{path} holds the records before this one (no half-written line); "
+                         "the checkpoint of this evaluation was not written, so resuming redoes it.")
