@@ -63,7 +63,12 @@ _MIN_HITS = flags.DEFINE_integer("min_hits", 3, "Track birth after this many con
 _MAX_MISSED = flags.DEFINE_integer("max_missed", 10, "Track death after more missed frames than this.")
 _DROP_RATE = flags.DEFINE_float("drop_rate", 0.2, "Last rows: chance that a vessel is left out of a frame.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Also track a trained run's predicted vein masks (a train.py "
-                               "workdir, e.g. trained on phantom frames); empty = ground-truth rows only.")
+                               "workdir, e.g. configs/phantom_clips.py); empty = ground-truth rows only.")
+_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "The --workdir checkpoint to segment with.")
+_POSTPROCESS = flags.DEFINE_string(
+    "postprocess", "bedside", "The model masks' post-processing (predict.py's --postprocess, e.g. min_size=33); "
+    "'bedside' = the README's bedside default, min_size = 0.05% of the frame's pixels; '' = none.")
+_TTA = flags.DEFINE_list("tta", [], "Test-time augmentation of the model (predict.py's --tta: hflip).")
 
 
 def benchmark_clips(num_clips: int, num_frames: int, size: int, sweeps: int = 1,
@@ -221,15 +226,22 @@ def format_table(results: Sequence[Dict[str, object]]) -> str:
 def model_rows(workdir: str, options: Dict[str, object]) -> List[Dict[str, object]]:
   """The model's predicted vein masks (Predictor, at the clip's own size) through both trackers."""
   from veinjax import inference  # pylint: disable=g-import-not-at-top  (JAX and, for preprocessing, TensorFlow)
+  from veinjax import postprocess  # pylint: disable=g-import-not-at-top
   clips = benchmark_clips(_NUM_CLIPS.value, _NUM_FRAMES.value, _SIZE.value, _SWEEPS.value, render_frames=True)
-  predictor = inference.Predictor.from_workdir(workdir, batch_size=8)
+  spec = _POSTPROCESS.value
+  if spec == "bedside":  # the README's bedside default: drop components under 0.05% of the frame
+    spec = f"min_size={round(0.0005 * _SIZE.value ** 2)}"
+  steps = postprocess.PostProcess.parse(spec) if spec else None
+  predictor = inference.Predictor.from_workdir(workdir, _CHECKPOINT.value, batch_size=8, tta=_TTA.value,
+                                               postprocess=steps)
   start = time.perf_counter()
   predicted = [np.stack([p.mask for p in predictor.predict(list(clip.frames))]) for clip in clips]
   seconds = time.perf_counter() - start
   frames = sum(len(c.frames) for c in clips)
   dice = [2 * np.logical_and(p > 0, c.masks > 0).sum() / max((p > 0).sum() + (c.masks > 0).sum(), 1)
           for p, c in zip(predicted, clips)]
-  print(f"model {workdir}: {frames} frames segmented in {seconds:.1f} s; vein Dice over the clips "
+  print(f"model {workdir} ({_CHECKPOINT.value} checkpoint, postprocess {spec or 'none'}, tta "
+        f"{','.join(_TTA.value) or 'none'}): {frames} frames segmented in {seconds:.1f} s; vein Dice over the clips "
         f"{np.mean(dice):.3f} (min {np.min(dice):.3f})")
   return [evaluate_tracker(predicted, clips, tracker, kinds=("vein",), name=f"{name}, model vein masks", **options)
           for name, tracker in (("kalman", tracking.track), ("nearest", tracking.track_nearest))]

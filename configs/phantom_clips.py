@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.name = "folder"
   config.dataset.root = os.path.join(_REPO, "data", "phantom_clips")
   config.dataset.mask_values = "0:0,255:1"
-  config.dataset.group_pattern = r"^(clip\d+)_"  # one clip is one group: validation holds out whole clips
+  config.dataset.group_pattern = r"^(\w+_clip\d+)_f"  # one clip, one group: validation holds out whole clips
   config.dataset.validation_fraction = 0.1
   # 1080 train frames (60 clips x 20, minus the 6 validation clips): 3.6x the phantom's 300 per epoch.
   config.num_epochs = 10

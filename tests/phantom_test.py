@@ -213,16 +213,17 @@ def test_export_writes_the_folder_layout_with_clip_ids(tmp_path):
   layout = folder.find_layout(tmp_path)
   assert set(layout) == {"train", "test"}
   images = folder.list_images(layout["train"])
-  assert [p.stem for p in images] == [f"clip00{c}_f000{t}" for c in (0, 1) for t in (0, 2, 4)]
+  assert [p.stem for p in images] == [f"train_clip00{c}_f000{t}" for c in (0, 1) for t in (0, 2, 4)]
   spec = folder.LabelSpec(folder.parse_mask_values("0:0,255:1"), {"vein": 1})
   examples = folder.load_examples(images, spec)
   clip = phantom_clips.generate_clip(phantom_clips.clip_seed("train", 1), 64, 6)
   np.testing.assert_array_equal(examples[4]["image"][..., 0], clip.frames[2])
   np.testing.assert_array_equal(examples[4]["mask"], clip.masks[2])
   grouped = phantom_clips.group_frames(images)
-  assert list(grouped) == ["clip000", "clip001"] and [p.stem for p in grouped["clip001"]][-1] == "clip001_f0004"
+  assert list(grouped) == ["train_clip000", "train_clip001"]
+  assert [p.stem for p in grouped["train_clip001"]][-1] == "train_clip001_f0004"
   table = json.loads((tmp_path / "train" / "clips.json").read_text())
-  assert table["clip001"]["vessels"] == clip.vessels and len(table["clip001"]["compression"]) == 6
+  assert table["train_clip001"]["vessels"] == clip.vessels and len(table["train_clip001"]["compression"]) == 6
   assert phantom_clips.parse_frame_stem("clip012_f0042") == ("clip012", 42)
   with pytest.raises(ValueError, match="clip frame name"):
     phantom_clips.parse_frame_stem("frame42")
@@ -252,6 +253,6 @@ def test_command_line_export_trains_with_whole_clips_held_out(tmp_path):
          for split in ("train", "validation", "test")}
   clips = {split: {phantom_clips.parse_frame_stem(i.rsplit("/", 1)[-1].split(".")[0])[0] for i in split_ids}
            for split, split_ids in ids.items()}
-  assert len(clips["validation"]) == 2 and len(clips["train"]) == 3 and clips["test"] == {"clip000"}
+  assert len(clips["validation"]) == 2 and len(clips["train"]) == 3 and clips["test"] == {"test_clip000"}
   assert not clips["train"] & clips["validation"]
   assert len(ids["train"]) == 6 and len(ids["validation"]) == 4  # every frame of a clip in one split

@@ -275,7 +275,9 @@ def export_clips(root: Union[str, Path], num_clips: Mapping[str, int], size: int
 
   The layout of the `folder` dataset: train on it with --config.dataset.name=folder
   --config.dataset.root=ROOT (masks store 0/255, the default --config.dataset.mask_values="0:0,255:1").
-  Stems are `frame_stem(clip_id, frame)` with clip ids "clip000", "clip001", ... per split;
+  Stems are `frame_stem(clip_id, frame)` with clip ids "<split>_clip000", "<split>_clip001", ... (the split in
+  the id: the train and test clips of one index are different scenes, and a group pattern over the names,
+  `configs/phantom_clips.py`, must not take them for one subject);
   instances/<stem>.png holds the vessel ids and <split>/clips.json each clip's seed, vessel table and
   per-frame compression. frame_step > 1 keeps every frame_step-th frame (neighbouring frames are near copies).
   clip_options: keyword arguments of `generate_clip` (e.g. compression_sweeps=1).
@@ -289,7 +291,7 @@ def export_clips(root: Union[str, Path], num_clips: Mapping[str, int], size: int
       folder.mkdir(parents=True, exist_ok=True)
     table = {}
     for index in range(count):
-      clip_id, seed = f"clip{index:03d}", clip_seed(split, index)
+      clip_id, seed = f"{split}_clip{index:03d}", clip_seed(split, index)
       clip = generate_clip(seed, size, num_frames, **clip_options)
       for t in range(0, num_frames, frame_step):
         stem = frame_stem(clip_id, t)
