@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from veinjax import models
+from veinjax.models import layers
 from veinjax.models import cost
 from veinjax.models import mobilenet
 
@@ -182,8 +183,11 @@ def test_eval_is_deterministic_per_example_and_leaves_batch_stats_alone(name):
   variables = _variables(name)
   x = _input(BASE_SHAPE)
   first, stats = _eval_result(name)
-  # The jitted eval pass equals the model applied eagerly (op by op, no XLA fusion), up to float rounding.
-  eager = _model(name).apply(variables, x, train=False)
+  # The jitted eval pass equals the model applied eagerly (op by op, no XLA fusion), up to float rounding;
+  # eagerly with XLA's own convolutions, so the CPU small-map and depthwise paths are checked against them too
+  # (and the eager pass runs a few convolution ops instead of each path's many shifted multiply-adds).
+  with layers.lax_convolutions():
+    eager = _model(name).apply(variables, x, train=False)
   np.testing.assert_allclose(first, eager, rtol=1e-4, atol=1e-4)
   for path, (after, before) in _leaf_pairs(stats, variables["batch_stats"]):
     np.testing.assert_array_equal(after, before, err_msg=jax.tree_util.keystr(path))
