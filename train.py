@@ -1,5 +1,8 @@
 """Trains a veinjax segmenter: flags -> config -> `veinjax.train_lib.train_and_evaluate`.
 
+With --config.final_fit=True the run is followed by its final fit (`veinjax.final_fit`): retrained from
+scratch on train + validation for the epoch count validation chose, in WORKDIR/final/, evaluated on test.
+
   python train.py --config=configs/quickstart.py --workdir=runs/quickstart [--config.num_epochs=3 ...]
 
 Running it again on the same --workdir resumes from the latest checkpoint; a config that differs from the
@@ -22,7 +25,7 @@ from ml_collections import config_flags
 
 from veinjax import cli
 from veinjax import distributed
-from veinjax import train_lib
+from veinjax import final_fit
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and history.jsonl.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py).",
@@ -45,7 +48,7 @@ def main(argv):
   # Before anything else uses JAX: on several hosts, every process joins the distributed system here.
   distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   cli.quiet_library_logs(__file__)
-  result = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+  result = final_fit.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                                         allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   if result["preempted"]:
     logging.info("Preempted at step %d: the checkpoint is written. Resume with the same command.", result["step"])
@@ -53,6 +56,18 @@ def main(argv):
   logging.info("Done: step %d, best %s %.4f at step %s. Evaluate on the test split with: %s", result["step"],
                result["best_metric"], result["best_value"] if result["best_value"] is not None else float("nan"),
                result["best_step"], cli.shell_command("python", "eval.py", f"--workdir={result['workdir']}"))
+  final = result["final"]
+  if final is None:
+    return
+  if final["preempted"]:
+    logging.info("Preempted in the final fit (%s): its checkpoint is written. Resume with the same command.",
+                 final["workdir"])
+    return
+  dice, miou = (float("nan") if final["test_metrics"].get(k) is None else final["test_metrics"][k]
+                for k in ("dice", "miou"))  # null: undefined (NaN) on this split
+  logging.info("Final fit (%s): %d epochs on train + validation (%d examples), last checkpoint; test dice "
+               "%.4f miou %.4f (%s).", final["status"], final["epochs"], final["train_examples"], dice, miou,
+               os.path.join(final["workdir"], "eval", "test_metrics.json"))
 
 
 if __name__ == "__main__":

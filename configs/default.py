@@ -18,6 +18,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = "resnet34_unet"  # resnet34_unet | unet | fcn8s | deeplabv3plus
   config.encoder = "resnet34"  # resnet18 | resnet34 | resnet50 (ResNet-based models only)
   config.num_classes = 1  # 1 = one sigmoid "vein" logit; > 1 = softmax over classes (background first)
+  # Two ways to train as the PyTorch reference (segmentation_models_pytorch's Unet("resnet34"), issue 18) does,
+  # off by default so that runs train as before; each can be measured alone.
+  # BatchNorm's running variance (what evaluation normalises with): biased = flax's, the batch variance as
+  # training normalises with it | unbiased = PyTorch's, that times n / (n - 1) (n values per channel, over all
+  # replicas). Training itself normalises with the biased variance either way.
+  config.bn_running_variance = "biased"
+  # Initialisation of a fresh random model: veinjax = He-normal fan-out convs (torchvision's), LeCun-normal
+  # head | smp = segmentation_models_pytorch's: decoder convs kaiming-uniform fan-in, head xavier-uniform with
+  # zero bias, a gray (not 3-channel) stem PyTorch's default conv init, the rest of the encoder torchvision's.
+  # smp: resnet34_unet / encoder_unet on a ResNet encoder only. Pretrained or init_from weights replace it.
+  config.model_init = "veinjax"
 
   # ---- Initialisation of a fresh run (veinjax.initialization; a resumed run ignores these) ----
   # A .safetensors / .npz torchvision or timm ResNet state dict for the encoder (ResNet encoders only; a .pth
@@ -103,13 +114,19 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---- Evaluation, checkpoints, logging ----
   config.eval_every_epochs = 1
-  config.eval_split = "validation"  # where the best checkpoint is chosen; "test" = the paper's own practice
+  # Where the best checkpoint is chosen; "test" = the paper's own practice; "none" = no held-out evaluation,
+  # the last checkpoint is the best (what a final fit trains with).
+  config.eval_split = "validation"
   config.best_metric = "miou"  # any key of the metrics dict; higher is better
   config.keep_checkpoints = 2  # latest N kept besides the best
   config.checkpoint_every_steps = 0  # also checkpoint mid-epoch every N steps (long epochs); 0 = epoch ends only
   config.log_every_steps = 10
   config.num_summary_images = 3
   config.pixel_spacing_mm = 0.0  # > 0 also reports HD95 in millimetres
+  # After the run, retrain from scratch (same seed) on train + validation for the epoch count validation chose,
+  # keeping the last checkpoint, into WORKDIR/final/, evaluated on test (final/eval/test_metrics.json);
+  # veinjax.final_fit. Needs eval_split=validation carved from train (validation_fraction > 0).
+  config.final_fit = False
 
   # ---- compare: the paper reproduction (python -m veinjax.experiments.compare) ----
   # Read only by veinjax.experiments.compare; each run it trains gets this config without this block.

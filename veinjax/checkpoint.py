@@ -205,8 +205,8 @@ class Checkpoints:
   # ---- Save ----
 
   def save(self, step: int, model_tree: PyTree, opt_tree: PyTree, meta: Mapping[str, Any],
-           metrics: Mapping[str, Any] | None = None) -> bool:
-    """Writes the latest checkpoint and, when `metrics` beat the best so far, the best one.
+           metrics: Mapping[str, Any] | None = None, keep_as_best: bool = False) -> bool:
+    """Writes the latest checkpoint and, when `metrics` beat the best so far (or `keep_as_best`), the best one.
 
     Args:
       step: the global training step (the checkpoint's name).
@@ -214,6 +214,8 @@ class Checkpoints:
       opt_tree: {'opt_state', 'step'}, one host copy.
       meta: JSON-serialisable run position and fingerprint (see the module docstring).
       metrics: the evaluation metrics of this step, or None (a mid-epoch checkpoint).
+      keep_as_best: make this checkpoint the best whatever the metrics: a run with no held-out split
+        (eval_split "none") keeps its last one so. The best value stays as it was (None).
 
     Returns:
       Whether this checkpoint became the best.
@@ -241,8 +243,8 @@ class Checkpoints:
       value = float(metrics[self.best_metric])
     args = ocp.args.Composite(model=ocp.args.StandardSave(model_tree), opt=ocp.args.StandardSave(opt_tree),
                               meta=ocp.args.JsonSave(meta))
-    is_best = value is not None and math.isfinite(value) and (
-        self._best_value is None or value > self._best_value)
+    is_best = keep_as_best or (value is not None and math.isfinite(value) and (
+        self._best_value is None or value > self._best_value))
     if jax.process_count() > 1:
       # Every process must call the best manager's save, or none: take process 0's decision (the metrics
       # are the same everywhere, but one differing rounding must not leave a process waiting at a barrier).
@@ -254,10 +256,12 @@ class Checkpoints:
     self._writing = int(step)
     failed = None
     try:
-      if is_best:
+      # A step already the best (a resume that redid it after a crash between the two writes) stays as it is.
+      if is_best and self._best.latest_step() != int(step):
         failed = "best"
         self._best.save(step, args=args, force=True)
-        self._best_value = value
+        if not keep_as_best:
+          self._best_value = value
       failed = "latest"
       self._latest.save(step, args=args, force=True)
     except Exception as e:  # pylint: disable=broad-except  (re-raised, or raised as DiskFullError)

@@ -17,13 +17,15 @@ from veinjax import parallel
 from veinjax import steps
 from veinjax.data import SPLITS
 
-# Where the best checkpoint may be chosen (`config.eval_split`).
-EVAL_SPLITS = ("validation", "test")
+# Where the best checkpoint may be chosen (`config.eval_split`); "none": nowhere, the last checkpoint is the best
+# (a run with no held-out split, e.g. a final fit on train + validation: veinjax.final_fit).
+NO_EVAL_SPLIT = "none"
+EVAL_SPLITS = ("validation", "test", NO_EVAL_SPLIT)
 # Integer fields of the training loop that must be >= 1.
 _POSITIVE_FIELDS = ("batch_size", "eval_batch_size", "num_epochs", "eval_every_epochs", "keep_checkpoints",
                     "log_every_steps")
 
-__all__ = ["EVAL_SPLITS", "SPLITS", "validate_config"]
+__all__ = ["EVAL_SPLITS", "NO_EVAL_SPLIT", "SPLITS", "validate_config"]
 
 
 def _check_image_size(size) -> None:
@@ -61,3 +63,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"--config.checkpoint_every_steps must be >= 0 (0 = at evaluations only); got "
                      f"{config.checkpoint_every_steps}.")
   metrics_lib.check_metric_name(config.best_metric)
+  _check_final_fit(config)
+
+
+def _check_final_fit(config: ml_collections.ConfigDict) -> None:
+  """A final fit recovers the validation examples for the epoch count chosen on them: it needs that choice.
+  (Whether the validation split is carved from train, so that it can go back, is the data's question:
+  `veinjax.final_fit.check_data`.)"""
+  if not config.get("final_fit", False):
+    return
+  if config.eval_split != "validation":
+    raise ValueError(f"--config.final_fit=True retrains on train + validation for the epoch count the validation "
+                     f"split chose, but with --config.eval_split={config.eval_split!r} nothing is chosen on "
+                     "validation; set --config.eval_split=validation or --config.final_fit=False.")
+  if float(config.dataset.validation_fraction) == 0.0:
+    raise ValueError("--config.final_fit=True retrains on train + validation for the epoch count the validation "
+                     "split chose, but --config.dataset.validation_fraction=0 carves no validation split from "
+                     "train; set it > 0 (e.g. 0.1) or --config.final_fit=False.")

@@ -53,8 +53,14 @@ class TrainState(train_state.TrainState):
 def create_model(config: ml_collections.ConfigDict, bn_axis_name: str | None = None) -> flax.linen.Module:
   """The config's model; bf16 computation under `config.half_precision` (parameters stay float32).
 
-  `models.create_model` validates model, encoder and num_classes, naming the valid choices.
+  `models.create_model` validates model, encoder and num_classes, naming the valid choices;
+  bn_running_variance and model_init (issue 18: train as the PyTorch reference) are checked here, and read
+  with their defaults from a config.json written before they existed (inference, export, init_from).
   """
+  bn_running_variance = config.get("bn_running_variance", "biased")
+  model_init = config.get("model_init", "veinjax")
+  check_choice(bn_running_variance, models.BN_RUNNING_VARIANCES, "--config.bn_running_variance")
+  check_choice(model_init, models.MODEL_INITS, "--config.model_init")
   kwargs = {}
   # Models with a fixed encoder (unet, fcn8s) reject any other value; the encoder field is for the others.
   if config.model not in models.FIXED_ENCODERS:
@@ -62,9 +68,13 @@ def create_model(config: ml_collections.ConfigDict, bn_axis_name: str | None = N
   try:
     return models.create_model(config.model, num_classes=config.num_classes,
                                dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
-                               bn_axis_name=bn_axis_name, **kwargs)
+                               bn_axis_name=bn_axis_name, bn_running_variance=bn_running_variance,
+                               model_init=model_init, **kwargs)
   except ValueError as e:
-    raise ValueError(f"{e} (--config.model / --config.encoder / --config.num_classes)") from None
+    flags = "--config.model / --config.encoder / --config.num_classes"
+    if model_init != "veinjax":
+      flags += " / --config.model_init"
+    raise ValueError(f"{e} ({flags})") from None
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict:

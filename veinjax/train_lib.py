@@ -11,7 +11,9 @@ holds:
   history.jsonl          one JSON object per evaluation (epoch, step, train_loss, val_loss, acc, miou, ...)
   tensorboard/           TensorBoard event files (curves and image panels)
   checkpoints/           the latest `keep_checkpoints` checkpoints (resume); see veinjax.checkpoint
-  checkpoints_best/      the checkpoint with the best `best_metric` on `eval_split`
+  checkpoints_best/      the checkpoint with the best `best_metric` on `eval_split` (eval_split "none": no
+                         held-out evaluation, history records the training figures, and the last checkpoint
+                         is the best; a final fit trains so, see veinjax.final_fit)
   eval/<split>_metrics.json, eval/<split>_predictions/   written by `veinjax.evaluation.evaluate` (the best
                          checkpoint; <split>_latest_*, <split>_step<N>_* for the others)
   config.json.<time>     the config.json a resume with a changed config replaced
@@ -27,7 +29,8 @@ fields added to the config since the run was recorded: `workdir.ADDED_FIELDS`). 
 differ: how long the run goes (num_epochs, unless lr_schedule=cosine, whose decay spans the whole run), how
 often it logs, evaluates and checkpoints, how many checkpoints and summary images it keeps, the evaluation
 batch size (metrics do not depend on it), the HD95 pixel spacing (reporting only), where its data lies
-(dataset.root, dataset.data_dir), and the `compare` block (read by the compare runner only). Any other
+(dataset.root, dataset.data_dir), the `compare` block (read by the compare runner only) and final_fit (it
+only adds the WORKDIR/final/ run after this one, so it may be switched on for a finished run). Any other
 difference (seed, loss, augmentation, ...) would continue the run with another recipe or other data: it is a
 `CheckpointMismatchError` naming the fields, before any data is prepared, unless `allow_config_change=True`,
 which logs each difference. Whenever config.json changes, the old one is kept as config.json.<time>.
@@ -64,7 +67,7 @@ from veinjax import preemption
 from veinjax import steps
 from veinjax import summary_writer
 from veinjax import workdir as workdir_lib
-from veinjax.config_checks import validate_config
+from veinjax.config_checks import NO_EVAL_SPLIT, validate_config
 from veinjax.progress import Clock, EpochStats
 
 __all__ = ["RESUME_FREE_FIELDS", "train_and_evaluate", "validate_config"]
@@ -73,7 +76,7 @@ __all__ = ["RESUME_FREE_FIELDS", "train_and_evaluate", "validate_config"]
 # these prefixes as well.
 RESUME_FREE_FIELDS = ("num_epochs", "eval_every_epochs", "log_every_steps", "keep_checkpoints",
                       "checkpoint_every_steps", "num_summary_images", "eval_batch_size", "pixel_spacing_mm",
-                      "dataset.root", "dataset.data_dir")
+                      "dataset.root", "dataset.data_dir", "final_fit")
 _RESUME_FREE_PREFIXES = ("compare.",)
 # The training loss this many times its first value (this process's first step) is warned about, once.
 DIVERGENCE_FACTOR = 1e3
@@ -127,6 +130,8 @@ def _check_data(config, process_count: int) -> int:
     raise ValueError(f"{config.dataset.name!r} has {dataset_classes} classes (background included) but "
                      f"--config.num_classes={config.num_classes} predicts {num_labels}; set "
                      f"--config.num_classes={1 if dataset_classes == 2 else dataset_classes}.")
+  if config.eval_split == NO_EVAL_SPLIT:  # nothing held out: the last checkpoint is the best
+    return steps_per_epoch
   if sources.num_examples(config, config.eval_split) == 0:  # fail now, not after the first epoch
     raise ValueError(f"--config.eval_split={config.eval_split!r} of {config.dataset.name!r} is empty; set "
                      "--config.dataset.validation_fraction > 0 or --config.eval_split=test.")
@@ -302,14 +307,19 @@ def _log_progress(run: _Run, progress: _Progress) -> None:
 
 
 def _save(run: _Run, state, progress: _Progress, eval_metrics: dict | None) -> None:
-  """A checkpoint at the current step (mid-epoch ones carry the epoch's statistics and position)."""
+  """A checkpoint at the current step (mid-epoch ones carry the epoch's statistics and position). With no
+  held-out split (eval_split "none") the run's last checkpoint is its best."""
   config = run.config
+  last_of_unselected = config.eval_split == NO_EVAL_SPLIT and progress.step == run.total_steps
   model_tree, opt_tree = steps.split_state(run.par.unreplicate(state))
   meta = {"epoch": progress.epoch, "step_in_epoch": progress.step - progress.epoch * run.steps_per_epoch,
           "steps_per_epoch": run.steps_per_epoch, "epoch_stats": progress.epoch_stats.to_json(),
           "fingerprint": steps.fingerprint(config), "model": config.model, "eval_split": config.eval_split,
           "best_metric": config.best_metric}
-  if run.checkpoints.save(progress.step, model_tree, opt_tree, meta, eval_metrics):
+  if run.checkpoints.save(progress.step, model_tree, opt_tree, meta, eval_metrics, keep_as_best=last_of_unselected):
+    if last_of_unselected:
+      logging.info("The last checkpoint (step %d) is the best: nothing is held out to choose on.", progress.step)
+      return
     logging.info("New best %s %.4f on %s at step %d.", config.best_metric, eval_metrics[config.best_metric],
                  config.eval_split, progress.step)
 
@@ -350,32 +360,38 @@ def _train_one_epoch(run: _Run, state, progress: _Progress):
   return state
 
 
-def _evaluate_and_record(run: _Run, state, progress: _Progress) -> dict:
-  """Evaluates on `eval_split` after an epoch; appends the history record and writes the summaries."""
+def _evaluate_and_record(run: _Run, state, progress: _Progress) -> dict | None:
+  """Evaluates on `eval_split` after an epoch; appends the history record and writes the summaries. With
+  eval_split "none" the record holds the training figures alone and nothing is evaluated (returns None)."""
   config, clock = run.config, progress.clock
   images_per_sec = clock.epoch_rate() * config.batch_size
+  train = metrics_lib.summarize(progress.epoch_stats.confusion)
+  stats = progress.epoch_stats
+  record = {"epoch": progress.epoch, "step": progress.step, "eval_split": config.eval_split,
+            "train_loss": stats.loss_sum / max(stats.steps, 1), "train_acc": train["acc"],
+            "train_miou": train["miou"], "train_dice": train["dice"]}
+  timing = {"learning_rate": progress.learning_rate, "images_per_sec": images_per_sec,
+            "train_seconds": clock.epoch_seconds}
+  run.writer.scalars(progress.step, {"epoch/train_loss": record["train_loss"],
+                                     "epoch/images_per_sec": images_per_sec})
+  if config.eval_split == NO_EVAL_SPLIT:
+    workdir_lib.append_history(run.workdir, {**record, **timing})
+    run.writer.flush()
+    return None
   eval_start = time.time()
   panels = evaluation.PanelCollector(config.num_summary_images)
   eval_metrics = evaluation.evaluate_split(config, run.par, run.p_eval_step,
                                            {"params": state.params, "batch_stats": state.batch_stats},
                                            config.eval_split, on_example=panels)
   eval_seconds = time.time() - eval_start
-  train = metrics_lib.summarize(progress.epoch_stats.confusion)
-  stats = progress.epoch_stats
-  record = {"epoch": progress.epoch, "step": progress.step, "eval_split": config.eval_split,
-            "train_loss": stats.loss_sum / max(stats.steps, 1), "train_acc": train["acc"],
-            "train_miou": train["miou"], "train_dice": train["dice"], "val_loss": eval_metrics["loss"],
-            **{k: v for k, v in eval_metrics.items() if k != "loss"},
-            "learning_rate": progress.learning_rate, "images_per_sec": images_per_sec,
-            "train_seconds": clock.epoch_seconds, "eval_seconds": eval_seconds}
+  record.update({"val_loss": eval_metrics["loss"], **{k: v for k, v in eval_metrics.items() if k != "loss"},
+                 **timing, "eval_seconds": eval_seconds})
   workdir_lib.append_history(run.workdir, record)
   logging.info("epoch %d/%d eval on %s: loss %.4f acc %.4f miou %.4f iou %.4f dice %.4f hd95 %.2f (%.1f s)",
                progress.epoch, config.num_epochs, config.eval_split, eval_metrics["loss"], eval_metrics["acc"],
                eval_metrics["miou"], eval_metrics["iou"], eval_metrics["dice"], eval_metrics["hd95"], eval_seconds)
   split = config.eval_split
   run.writer.scalars(progress.step, {f"{split}/{k}": v for k, v in eval_metrics.items() if np.ndim(v) == 0})
-  run.writer.scalars(progress.step, {"epoch/train_loss": record["train_loss"],
-                                     "epoch/images_per_sec": images_per_sec})
   for i, picture in enumerate(panels.panels):
     run.writer.image(progress.step, f"{split}/input_label_prediction/{i}", picture)
   run.writer.flush()

@@ -34,9 +34,11 @@ HISTORY_FILE = "history.jsonl"
 
 # Fields added to the config after runs were recorded, with the value that trains as those runs did: a
 # recorded config without one compares as if it had this value, so older runs stay comparable (resume,
-# compare). dataset.high_bit_depth "auto" reads 16-bit data as before unless a PNG has an sBIT chunk.
+# compare). dataset.high_bit_depth "auto" reads 16-bit data as before unless a PNG has an sBIT chunk;
+# bn_running_variance "biased" and model_init "veinjax" are flax's BatchNorm and veinjax's init, as before.
 ADDED_FIELDS = {"encoder_weights": "", "init_from": "", "init_from_checkpoint": "best", "init_from_scope": "all",
-                "input_mean": [], "input_std": [], "dataset.high_bit_depth": "auto", "dataset.group_pattern": ""}
+                "input_mean": [], "input_std": [], "dataset.high_bit_depth": "auto", "dataset.group_pattern": "",
+                "final_fit": False, "bn_running_variance": "biased", "model_init": "veinjax"}
 
 
 def to_jsonable(value):

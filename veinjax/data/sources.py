@@ -3,6 +3,7 @@
   load_raw_split(config, split) -> tf.data.Dataset of {'image': uint8 [H, W, config.in_channels],
                                                        'mask': uint8 [H, W] class indices, 'id': tf.string}
   num_examples(config, split) -> int
+  has_own_validation(config) -> bool   (a validation split not carved from train: a folder's validation/)
   check_files(config) -> None   (every split's examples, cheaply, before training: `folder` only)
   num_classes(config) -> int   (including background: 2 for a binary vein mask)
   foreground_name(config) -> str   ("Vein", "Vessel", ...: what the foreground IoU and Dice measure)
@@ -401,6 +402,19 @@ def num_examples(config, split: str) -> int:
   """How many examples load_raw_split(config, split) yields."""
   _check_config(config, split)
   return get_source(config).load(config, split)[1]
+
+
+def has_own_validation(config) -> bool:
+  """Whether the dataset has a validation split of its own (a folder dataset's validation/), rather than one
+  carved from train by validation_fraction or none: only a carved one goes back into train when
+  validation_fraction is 0 (a final fit, `veinjax.final_fit`)."""
+  uncarved = config.copy_and_resolve_references()
+  uncarved.dataset.validation_fraction = 0.0
+  try:
+    num_examples(uncarved, "validation")
+  except _NoSplitError:
+    return False
+  return True
 
 
 def check_files(config) -> None:

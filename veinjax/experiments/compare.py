@@ -9,15 +9,22 @@ evaluates each on the test split, and writes the paper's table and figures:
 DIR afterwards holds:
   <model>/seed_<k>/   a train.py workdir (checkpoints, history.jsonl, config.json, eval/test_metrics.json)
                       and compare_run.json, written once that run is trained and evaluated
+  <model>/seed_<k>/final/   with --config.final_fit=True: the run's final fit (veinjax.final_fit: retrained
+                      on train + validation for the epoch count validation chose); compare_run.json then
+                      also holds its test metrics (final_metrics) and epochs (final_epochs)
   table1.md, table1.csv   one row per model (mean +- std over seeds); table1_runs.csv: one row per run.
                       The CSVs also hold selected_{iou,dice,miou}: the validation figures of the evaluation
-                      that chose each best checkpoint; compare recipes by those, never by test figures
+                      that chose each best checkpoint; compare recipes by those, never by test figures.
+                      With final_fit, table1.md has a "<model> (final fit)" row under each model's and
+                      table1_runs.csv final_epochs and final_<metric> columns (table1.csv keeps one row
+                      per model, the runs' own)
   fig3_<model>.png    loss / val loss, ACC, mIoU per epoch (the paper's Fig. 3 and 4)
   fig5.png            original, label and each model's prediction for three test images (Fig. 5)
 
 Started again on the same DIR it skips finished runs (compare_run.json present and its config equal to the
 one asked for), resumes interrupted ones through train_and_evaluate's own checkpoint resume, and rewrites
-the table and figures. A finished run whose config differs is an error, never silently retrained.
+the table and figures. A finished run whose config differs is an error, never silently retrained; final_fit
+alone may differ (switched on for finished runs, it adds their final fits).
 `--config.compare.report_only=True` trains nothing: it tabulates the runs finished so far (each row says
 how many seeds it averages), e.g. while a long comparison is still running elsewhere.
 """
@@ -42,6 +49,7 @@ import numpy as np
 from veinjax import checkpoint as checkpoint_lib
 from veinjax import cli
 from veinjax import evaluation
+from veinjax import final_fit
 from veinjax import inference
 from veinjax import initialization
 from veinjax import models as models_lib
@@ -56,6 +64,9 @@ from veinjax.models import cost
 
 # A run directory holds this file once its training and test evaluation are complete.
 RUN_MARKER = "compare_run.json"
+# Config fields a finished run may differ in: final_fit only adds the run's final fit (its record's
+# final_metrics), so switching it on for finished runs fits them, and off leaves them as they are.
+_RUN_FREE_FIELDS = ("final_fit",)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -106,7 +117,8 @@ def _check_same_config(stored: Mapping[str, Any], wanted: Mapping[str, Any], wor
                        which: str) -> None:
   # Fields added after runs were recorded (workdir.ADDED_FIELDS) compare as the value that trains exactly as
   # those runs did, so finished runs stay valid.
-  differences = tables.config_differences(workdir_lib.with_added_fields(stored, wanted), wanted)
+  differences = [f for f in tables.config_differences(workdir_lib.with_added_fields(stored, wanted), wanted)
+                 if f not in _RUN_FREE_FIELDS]
   if differences:
     raise ValueError(
         f"{workdir} holds {which} run with a different config (fields: {', '.join(differences)}). "
@@ -116,8 +128,10 @@ def _check_same_config(stored: Mapping[str, Any], wanted: Mapping[str, Any], wor
 def train_or_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Makes sure one run is trained and evaluated on the test split; returns its record.
 
-  The record is what compare_run.json holds: model, seed, config, test metrics, train_seconds, plus
-  "status": "skipped" (finished earlier with the same config) or "trained" (trained now, or resumed).
+  The record is what compare_run.json holds: model, seed, config, test metrics, train_seconds (with
+  config.final_fit also final_metrics, final_epochs and final_train_seconds of its final fit in
+  WORKDIR/final/), plus "status": "skipped" (finished earlier with the same config) or "trained" (trained
+  now, or resumed, or its final fit added).
 
   Raises:
     ValueError: the run directory holds a finished run with another config.
@@ -128,6 +142,9 @@ def train_or_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str
     with open(marker) as f:
       record = json.load(f)
     _check_same_config(record.get("config", {}), wanted, workdir, "a finished")
+    if config.get("final_fit", False) and "final_metrics" not in record:
+      logging.info("%s seed %d: finished earlier; adding its final fit.", config.model, config.seed)
+      return dict(_add_final_fit(config, workdir, record), status="trained")
     logging.info("%s seed %d: finished earlier, skipped (%s).", config.model, config.seed, workdir)
     return dict(record, status="skipped")
   # An interrupted run resumes only into the same recipe: train_and_evaluate itself checks the model and
@@ -137,6 +154,8 @@ def train_or_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str
     with open(config_file) as f:
       _check_same_config(json.load(f), wanted, workdir, "an interrupted")
 
+  if config.get("final_fit", False):  # a dataset whose validation cannot go back fails before the run
+    final_fit.check_data(config)
   logging.info("%s seed %d: training in %s (resumes from its latest checkpoint if any).",
                config.model, config.seed, workdir)
   start = time.perf_counter()
@@ -152,7 +171,21 @@ def train_or_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str
       "train_seconds": time.perf_counter() - start,
   }
   workdir_lib.write_json(marker, record)
+  if config.get("final_fit", False):
+    record = _add_final_fit(config, workdir, record)
   return dict(record, status="trained")
+
+
+def _add_final_fit(config: ml_collections.ConfigDict, workdir: str, record: dict[str, Any]) -> dict[str, Any]:
+  """The finished run's final fit (veinjax.final_fit, in WORKDIR/final/) added to its record, which is
+  rewritten: an interruption before then leaves the run finished and its final fit to resume."""
+  final = final_fit.fit(config, workdir)
+  if final["preempted"]:  # SIGTERM: the final run's checkpoint is written
+    raise preemption.Preempted(f"{config.model} seed {config.seed} final fit in {final['workdir']}")
+  record = dict(record, config=_config_json(config), final_metrics=final["test_metrics"],
+                final_epochs=final["epochs"], final_train_seconds=final["train_seconds"])
+  workdir_lib.write_json(os.path.join(workdir, RUN_MARKER), record)
+  return record
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -271,6 +304,7 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
 
   Returns:
     {"runs": [record per run, each with "status" "trained" or "skipped"], "rows": [Table 1 rows],
+     "final_rows": [the final fits' rows, one per model; empty without config.final_fit],
      "files": {name: path of every table and figure written}}.
   """
   models = model_names(config)
@@ -289,7 +323,10 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
       if report_only and not os.path.exists(os.path.join(run_dir, RUN_MARKER)):
         logging.info("%s seed %d: not finished, left out of the report (%s).", model, seed_index, run_dir)
         continue
-      record = train_or_resume(run_config(config, model, seed_index), run_dir)
+      cfg = run_config(config, model, seed_index)
+      if report_only and cfg.get("final_fit", False):  # report_only trains nothing: no final fit either
+        cfg.final_fit = False
+      record = train_or_resume(cfg, run_dir)
       record["seed_index"] = seed_index
       record["selection"] = table1.selection_metrics(run_dir, config.best_metric)
       records.append(record)
@@ -301,7 +338,7 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     raise ValueError(f"{workdir} holds no finished run of config.compare.models={config.compare.models!r}; "
                      "run without --config.compare.report_only=True to train them.")
 
-  result = {"runs": records, "rows": [], "files": {}}
+  result = {"runs": records, "rows": [], "final_rows": [], "files": {}}
   if jax.process_index() != 0:
     return result
   workdir_lib.write_json(os.path.join(workdir, "compare_config.json"), _config_json(config))
@@ -316,7 +353,10 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     predictions[model] = trained.predict(examples["image"])
   device = timing.device_description()
   result["rows"] = table1.table_rows(records, profiles, models, config.encoder)
-  result["files"] = table1.write_tables(result["rows"], records, config, workdir, device, timing_runs)
+  result["final_rows"] = (table1.final_rows(records, profiles, models, config.encoder)
+                          if config.get("final_fit", False) else [])
+  result["files"] = table1.write_tables(result["rows"], records, config, workdir, device, timing_runs,
+                                        final_rows=result["final_rows"])
   for path in write_curve_figures(config, workdir, seeds):
     result["files"][os.path.basename(path)] = path
   result["files"]["fig5.png"] = write_prediction_figure(examples, predictions, config, workdir)

@@ -1,6 +1,8 @@
 """Table 1 of a comparison: one row per model (mean ± std over seeds), its Markdown and CSV files.
 
-Built by `veinjax.experiments.compare` from the finished runs' records and each model's cost profile.
+Built by `veinjax.experiments.compare` from the finished runs' records and each model's cost profile. With
+final fits (`veinjax.final_fit`: retrained on train + validation for the chosen epoch count), the Markdown
+table has a "<model> (final fit)" row under each model's and table1_runs.csv their figures per run.
 """
 
 from __future__ import annotations
@@ -75,9 +77,33 @@ def table_rows(records: Sequence[Mapping[str, Any]], profiles: Mapping[str, Mapp
   return rows
 
 
+def final_rows(records: Sequence[Mapping[str, Any]], profiles: Mapping[str, Mapping[str, Any]],
+               models: Sequence[str], encoder: str) -> list[dict[str, Any]]:
+  """One row per model whose runs have final fits (records with "final_metrics"): mean and std over those
+  seeds of the final runs' test metrics, their training minutes and epoch counts ("epochs", per seed). The
+  network is the model's, so its cost (parameters, GFLOPs, ms / frame) is the model row's."""
+  rows = []
+  for model in models:
+    runs = [r for r in records if r["model"] == model and r.get("final_metrics") is not None]
+    if not runs:
+      continue
+    row = {"model": model, "name": f"{tables.display_name(model, encoder)} (final fit)", "num_seeds": len(runs),
+           "seeds": sorted(int(r["seed"]) for r in runs), "epochs": [int(r["final_epochs"]) for r in runs]}
+    for key, _ in _METRIC_COLUMNS:
+      row[f"{key}_mean"], row[f"{key}_std"] = tables.mean_std([r["final_metrics"].get(key) for r in runs])
+    profile = profiles.get(model, {})
+    row["params"], row["gflops_512"] = profile.get("params"), profile.get("gflops")
+    row["inference_ms"] = profile.get("inference_ms")
+    row["train_minutes_mean"], _ = tables.mean_std([r.get("final_train_seconds", 0.0) / 60.0 for r in runs])
+    row["paper_acc"] = row["paper_miou"] = None
+    rows.append(row)
+  return rows
+
+
 def table_markdown(rows: Sequence[Mapping[str, Any]], config: ml_collections.ConfigDict, device: str,
-                   timing_runs: int) -> str:
-  """Table 1 as Markdown, with a heading and footnotes that say how every number was made."""
+                   timing_runs: int, final_rows: Sequence[Mapping[str, Any]] = ()) -> str:
+  """Table 1 as Markdown, with a heading and footnotes that say how every number was made; each of
+  `final_rows` (`final_rows`) under its model's row."""
   seed_lists = {tuple(r["seeds"]) for r in rows}
   counts = sorted({r["num_seeds"] for r in rows})
   size = config.image_size
@@ -92,7 +118,8 @@ def table_markdown(rows: Sequence[Mapping[str, Any]], config: ml_collections.Con
       "| " + " | ".join(header) + " |",
       "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
   ]
-  for r in rows:
+  finals = {r["model"]: r for r in final_rows}
+  for r in [row for main in rows for row in (main, finals.get(main["model"])) if row is not None]:
     cells = [r["name"], str(r["num_seeds"])]
     for key, _ in _METRIC_COLUMNS:
       digits = 1 if key == "hd95" else 3
@@ -130,6 +157,15 @@ def table_markdown(rows: Sequence[Mapping[str, Any]], config: ml_collections.Con
       "(a resumed run counts only its last part).",
       "",
   ]
+  if final_rows:
+    epochs = "; ".join(f"{tables.display_name(r['model'], config.encoder)} {', '.join(str(e) for e in r['epochs'])}"
+                       for r in final_rows)
+    lines += [
+        "(final fit): each seed retrained from scratch (same seed) on train + validation for the epoch count "
+        f"its {config.eval_split} split chose ({epochs}), its last checkpoint on the test split: nothing was "
+        "chosen on held-out data. The same network as the row above, so the same cost.",
+        "",
+    ]
   return "\n".join(lines)
 
 
@@ -142,11 +178,12 @@ _CSV_FIELDS = (["model", "name", "num_seeds"]
 
 def write_tables(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]],
                  config: ml_collections.ConfigDict, workdir: str, device: str,
-                 timing_runs: int) -> dict[str, str]:
-  """Writes table1.md, table1.csv (one row per model) and table1_runs.csv (one row per run)."""
+                 timing_runs: int, final_rows: Sequence[Mapping[str, Any]] = ()) -> dict[str, str]:
+  """Writes table1.md (with the `final_rows`), table1.csv (one row per model) and table1_runs.csv (one row
+  per run, with its final fit's epochs and test metrics where it has one)."""
   paths = {name: os.path.join(workdir, name) for name in ("table1.md", "table1.csv", "table1_runs.csv")}
   with open(paths["table1.md"], "w") as f:
-    f.write(table_markdown(rows, config, device, timing_runs))
+    f.write(table_markdown(rows, config, device, timing_runs, final_rows))
   with open(paths["table1.csv"], "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
     writer.writeheader()
@@ -154,7 +191,8 @@ def write_tables(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[st
       values = dict(row, device=device)
       writer.writerow({k: ("" if values.get(k) is None else values[k]) for k in _CSV_FIELDS})
   run_fields = (["model", "seed"] + [key for key, _ in _METRIC_COLUMNS] + ["train_seconds", "selected_epoch"]
-                + [f"selected_{key}" for key in _SELECTION_KEYS])
+                + [f"selected_{key}" for key in _SELECTION_KEYS]
+                + ["final_epochs"] + [f"final_{key}" for key, _ in _METRIC_COLUMNS])
   with open(paths["table1_runs.csv"], "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=run_fields)
     writer.writeheader()
@@ -164,6 +202,9 @@ def write_tables(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[st
       selection = r.get("selection", {})
       values["selected_epoch"] = selection.get("epoch")
       values.update({f"selected_{key}": selection.get(key) for key in _SELECTION_KEYS})
+      final = r.get("final_metrics") or {}  # empty cells: no final fit
+      values["final_epochs"] = r.get("final_epochs")
+      values.update({f"final_{key}": final.get(key) for key, _ in _METRIC_COLUMNS})
       writer.writerow({k: ("" if v is None else v) for k, v in values.items()})
   return paths
 

@@ -24,11 +24,16 @@ Encoders (`ENCODER_NAMES`; any of them under any model with an `encoder`): `resn
 `resnet50` (torchvision's ResNets), `mobilenetv3_small`, `mobilenetv3_large` (torchvision's MobileNetV3
 `features`). `resnet34_unet` and `encoder_unet` are one network; the first name is the paper's and stays.
 
+Two options train as the PyTorch reference, smp's `Unet("resnet34")`, does (issue 18), neither changing
+the variables' names or shapes: `bn_running_variance="unbiased"` (PyTorch's BatchNorm running variance,
+every model) and `model_init="smp"` (smp's initialisation; smp's U-Net on a ResNet encoder only).
+
 Models import without TensorFlow.
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any
 
@@ -37,11 +42,13 @@ import jax.numpy as jnp
 
 from veinjax.models import deeplab
 from veinjax.models import fcn
+from veinjax.models import layers
 from veinjax.models import light_decoder
 from veinjax.models import mobilenet
 from veinjax.models import resnet
 from veinjax.models import ultralight
 from veinjax.models import unet
+from veinjax.models.layers import BN_RUNNING_VARIANCES
 from veinjax.models.layers import check_input_size
 from veinjax.models.layers import count_params
 
@@ -60,13 +67,25 @@ FIXED_ENCODERS = {
 _ENCODER_MODELS = tuple(name for name in MODEL_NAMES if name not in FIXED_ENCODERS)
 # The encoder of each model with an `encoder` when none is given.
 DEFAULT_ENCODERS = {name: DEFAULT_ENCODER for name in _ENCODER_MODELS} | {"light_unet": "mobilenetv3_small"}
+# Initialisations (`model_init`): veinjax's own, or segmentation_models_pytorch's (see `layers`), which is
+# defined for smp's Unet on a torchvision ResNet, i.e. these models on these encoders.
+MODEL_INITS = ("veinjax", "smp")
+SMP_INIT_MODELS = ("resnet34_unet", "encoder_unet")
+SMP_INIT_ENCODERS = tuple(resnet.RESNET_ENCODERS)
+# Those encoders with smp's from-scratch stem (built once, so that two such models compare equal).
+_SMP_ENCODERS = {name: functools.partial(factory, stem_kernel_init=layers.smp_stem_kernel_init)
+                 for name, factory in resnet.RESNET_ENCODERS.items()}
 
 __all__ = [
+    "BN_RUNNING_VARIANCES",
     "DEFAULT_ENCODER",
     "DEFAULT_ENCODERS",
     "ENCODER_NAMES",
     "FIXED_ENCODERS",
+    "MODEL_INITS",
     "MODEL_NAMES",
+    "SMP_INIT_ENCODERS",
+    "SMP_INIT_MODELS",
     "check_input_size",
     "count_params",
     "create_model",
@@ -80,6 +99,8 @@ def create_model(
     encoder: str | None = None,
     dtype: Any = jnp.float32,
     bn_axis_name: str | None = None,
+    bn_running_variance: str = "biased",
+    model_init: str = "veinjax",
 ) -> nn.Module:
   """Builds a segmentation model by name.
 
@@ -93,13 +114,21 @@ def create_model(
       only None or `DEFAULT_ENCODER`, which they ignore.
     dtype: computation dtype (e.g. jnp.bfloat16); parameters and returned logits stay float32.
     bn_axis_name: pmap / shard_map axis name over which BatchNorm averages its batch statistics.
+    bn_running_variance: the running variance every BatchNorm keeps in training: "biased" (flax's, the
+      batch variance it normalises with) or "unbiased" (PyTorch's: times n / (n - 1), n values per
+      channel over all replicas). Training-mode outputs are the same either way.
+    model_init: "veinjax" (every conv He-normal on fan-out as torchvision's, head LeCun normal) or "smp"
+      (segmentation_models_pytorch's: decoder convs kaiming-uniform on fan-in, head xavier-uniform, a
+      stem for other than 3 input channels PyTorch's default conv init; the rest of the encoder
+      torchvision's, as veinjax's), for `SMP_INIT_MODELS` on `SMP_INIT_ENCODERS` only.
 
   Returns:
     An unbound flax.linen.Module; call `init(key, x, train=False)` / `apply(variables, x, train=...)`.
 
   Raises:
-    ValueError: unknown name or encoder (the message lists the valid choices), an encoder given to a
-      model with a fixed encoder, or num_classes < 1.
+    ValueError: unknown name, encoder, bn_running_variance or model_init (the message lists the valid
+      choices), an encoder given to a model with a fixed encoder, num_classes < 1, or model_init="smp"
+      for a model it is not defined for.
   """
   if name not in MODEL_NAMES:
     raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}")
@@ -112,16 +141,31 @@ def create_model(
     )
   if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
     raise ValueError(f"num_classes must be an integer >= 1 (1 = one sigmoid logit), got {num_classes!r}")
+  layers.check_running_variance(bn_running_variance)
+  if model_init not in MODEL_INITS:
+    raise ValueError(f"unknown model_init {model_init!r}; choose one of {', '.join(MODEL_INITS)}")
+  encoder_name = None if name in FIXED_ENCODERS else encoder or DEFAULT_ENCODERS[name]
+  if model_init == "smp" and (name not in SMP_INIT_MODELS or encoder_name not in SMP_INIT_ENCODERS):
+    got = f"model {name!r}" + (f" on encoder {encoder_name!r}" if encoder_name else "")
+    raise ValueError(
+        f"model_init='smp' is segmentation_models_pytorch's initialisation of its Unet on a ResNet, defined "
+        f"for models {', '.join(SMP_INIT_MODELS)} with encoders {', '.join(SMP_INIT_ENCODERS)}; got {got}. "
+        "Use model_init='veinjax' for this model.")
   dtype = jnp.dtype(dtype)
-  common = dict(num_classes=int(num_classes), dtype=dtype, bn_axis_name=bn_axis_name)
+  common = dict(num_classes=int(num_classes), dtype=dtype, bn_axis_name=bn_axis_name,
+                bn_running_variance=bn_running_variance)
   if name == "unet":
     return unet.UNet(**common)
   if name == "fcn8s":
     return fcn.FCN8s(**common)
   if name == "ultralight_unet":
     return ultralight.UltraLightUNet(**common)
-  encoder_cls = _ENCODERS[encoder or DEFAULT_ENCODERS[name]]
+  encoder_cls = _ENCODERS[encoder_name]
   if name in ("resnet34_unet", "encoder_unet"):
+    if model_init == "smp":
+      return unet.EncoderUNet(
+          encoder=_SMP_ENCODERS[encoder_name], decoder_kernel_init=layers.smp_decoder_kernel_init,
+          head_kernel_init=layers.smp_head_kernel_init, **common)
     return unet.EncoderUNet(encoder=encoder_cls, **common)
   if name == "light_unet":
     return light_decoder.LightUNet(encoder=encoder_cls, **common)

@@ -57,14 +57,16 @@ class DeepLabV3Plus(nn.Module):
   """DeepLab v3+: dilated encoder, ASPP, 48-channel low-level skip at stride 4, x4 bilinear upsampling.
 
   Attributes:
-    encoder: encoder factory accepting `output_stride`, `dtype`, `bn_axis_name`; `resnet.ResNet34`
-      by default, and exposing `reductions` (the stride of each feature) to find the stride-4 one.
+    encoder: encoder factory accepting `output_stride`, `dtype`, `bn_axis_name`, `bn_running_variance`;
+      `resnet.ResNet34` by default, and exposing `reductions` (the stride of each feature) to find the
+      stride-4 one.
     num_classes: logits per pixel (1 = one sigmoid logit).
     output_stride: stride of the deepest encoder feature (16 as in the paper's default).
     atrous_rates: ASPP rates, for output stride 16.
     aspp_features, low_level_features, decoder_features: channel widths (256, 48, 256 in the paper).
     dtype: computation dtype; parameters and the returned logits are float32.
     bn_axis_name: axis name for cross-replica BatchNorm statistics (pmap), or None.
+    bn_running_variance: BatchNorm's running variance, "biased" (flax's) or "unbiased" (PyTorch's).
   """
 
   encoder: ModuleDef = resnet.ResNet34
@@ -76,15 +78,17 @@ class DeepLabV3Plus(nn.Module):
   decoder_features: int = 256
   dtype: layers.Dtype = jnp.float32
   bn_axis_name: str | None = None
+  bn_running_variance: str = "biased"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     layers.check_input(x)
     height, width = x.shape[1:3]
     conv = layers.make_conv(self.dtype)
-    norm = layers.make_norm(train, self.dtype, self.bn_axis_name)
+    norm = layers.make_norm(train, self.dtype, self.bn_axis_name, running_variance=self.bn_running_variance)
     encoder = self.encoder(
-        output_stride=self.output_stride, dtype=self.dtype, bn_axis_name=self.bn_axis_name, name="encoder"
+        output_stride=self.output_stride, dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+        bn_running_variance=self.bn_running_variance, name="encoder"
     )
     features = encoder(x, train)
     low = features[encoder.reductions.index(4)]

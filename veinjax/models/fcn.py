@@ -34,12 +34,14 @@ class VGGEncoder(nn.Module):
     widths: channels per stage.
     dtype: computation dtype; parameters stay float32.
     bn_axis_name: axis name for cross-replica BatchNorm statistics (pmap), or None.
+    bn_running_variance: BatchNorm's running variance, "biased" (flax's) or "unbiased" (PyTorch's).
   """
 
   stage_sizes: Sequence[int] = (2, 2, 3, 3, 3)
   widths: Sequence[int] = (64, 128, 256, 512, 512)
   dtype: layers.Dtype = jnp.float32
   bn_axis_name: str | None = None
+  bn_running_variance: str = "biased"
 
   @property
   def out_channels(self) -> tuple[int, ...]:
@@ -52,7 +54,7 @@ class VGGEncoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
     conv = layers.make_conv(self.dtype)
-    norm = layers.make_norm(train, self.dtype, self.bn_axis_name)
+    norm = layers.make_norm(train, self.dtype, self.bn_axis_name, running_variance=self.bn_running_variance)
     x = jnp.asarray(x, self.dtype)
     features = []
     for i, (num_convs, width) in enumerate(zip(self.stage_sizes, self.widths)):
@@ -76,6 +78,7 @@ class FCN8s(nn.Module):
     encoder: encoder factory returning pool1..pool5; `VGG16` by default.
     dtype: computation dtype; parameters and the returned logits are float32.
     bn_axis_name: axis name for cross-replica BatchNorm statistics (pmap), or None.
+    bn_running_variance: BatchNorm's running variance, "biased" (flax's) or "unbiased" (PyTorch's).
   """
 
   num_classes: int = 1
@@ -84,15 +87,17 @@ class FCN8s(nn.Module):
   encoder: layers.ModuleDef = VGG16
   dtype: layers.Dtype = jnp.float32
   bn_axis_name: str | None = None
+  bn_running_variance: str = "biased"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     layers.check_input(x)
     height, width = x.shape[1:3]
     conv = layers.make_conv(self.dtype)
-    norm = layers.make_norm(train, self.dtype, self.bn_axis_name)
+    norm = layers.make_norm(train, self.dtype, self.bn_axis_name, running_variance=self.bn_running_variance)
     _, _, pool3, pool4, pool5 = self.encoder(
-        dtype=self.dtype, bn_axis_name=self.bn_axis_name, name="encoder"
+        dtype=self.dtype, bn_axis_name=self.bn_axis_name, bn_running_variance=self.bn_running_variance,
+        name="encoder"
     )(x, train)
 
     h = layers.ConvBNReLU(self.fc_features, conv, norm, kernel_size=self.fc6_kernel, name="fc6")(pool5)

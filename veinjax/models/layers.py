@@ -10,28 +10,70 @@ Conventions, all layers:
   for stride 2 on an even size "SAME" pads (2, 3) where PyTorch pads (3, 3), which shifts the sampling
   grid by one pixel and would make ported PyTorch weights see a different image.
 - A conv followed by BatchNorm has no bias (the BN bias makes it redundant).
-- BatchNorm uses PyTorch's defaults (momentum 0.1, i.e. flax momentum 0.9; epsilon 1e-5).
+- BatchNorm uses PyTorch's defaults (momentum 0.1, i.e. flax momentum 0.9; epsilon 1e-5). Its running
+  variance is flax's (the biased batch variance) unless `make_norm(running_variance="unbiased")` asks for
+  PyTorch's (`BatchNorm`).
+
+Initialisation (`conv_kernel_init` and the `smp_*` initialisers below, chosen by `config.model_init`):
+- veinjax's own, the default: every conv before a BatchNorm He-normal on fan-out (`conv_kernel_init`), as
+  torchvision initialises its ResNets; heads (conv with bias) flax's default, LeCun normal on fan-in
+  truncated at 2 std, zero bias; BatchNorm scale 1, bias 0.
+- segmentation_models_pytorch's (issue 18: train like the PyTorch reference, smp `Unet("resnet34")`):
+  the encoder as torchvision initialises it, except a first conv re-created for an input channel count
+  other than 3 (PyTorch's default conv init); the decoder's convs kaiming-uniform on fan-in
+  (`smp_decoder_kernel_init`), its BatchNorms 1 / 0; the head xavier-uniform, zero bias
+  (`smp_head_kernel_init`).
+- jax's "normal" in `variance_scaling` is the plain (untruncated) normal, which is what torch's
+  `kaiming_normal_` draws; "truncated_normal" (flax's default LeCun init) is cut at 2 std and rescaled so
+  that the variance is still scale / fan.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
+from flax.linen import normalization as flax_normalization
 import jax
 import jax.numpy as jnp
 
 ModuleDef = Any
 Dtype = Any
+Initializer = Any  # (key, shape, dtype) -> array, as jax.nn.initializers
 
 # Every architecture accepts the same input sizes (the deepest encoder stride), so that training several
 # models on one data set never fails for one of them only.
 SIZE_DIVISOR = 32
 
-# He-normal on fan-out, as torchvision initialises ResNet/VGG convolutions before a ReLU.
+# He-normal on fan-out, as torchvision initialises ResNet/VGG convolutions before a ReLU
+# (`kaiming_normal_(w, mode="fan_out", nonlinearity="relu")`: an untruncated normal, std sqrt(2 / fan_out)).
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+# segmentation_models_pytorch's initialisation (`config.model_init = "smp"`; smp's
+# base/initialization.py, initialize_decoder / initialize_head). Fans as torch counts them: a kxk conv
+# from C to F channels has fan_in k*k*C and fan_out k*k*F, in flax's HWIO kernels too.
+# Decoder convs: `kaiming_uniform_(w, mode="fan_in", nonlinearity="relu")`, uniform in +-sqrt(6 / fan_in).
+smp_decoder_kernel_init = nn.initializers.variance_scaling(2.0, "fan_in", "uniform")
+# Head (conv with bias): `xavier_uniform_(w)`, uniform in +-sqrt(6 / (fan_in + fan_out)); bias 0.
+smp_head_kernel_init = nn.initializers.xavier_uniform()
+# PyTorch's default conv init (`Conv2d.reset_parameters`: `kaiming_uniform_(w, a=sqrt(5))`), uniform in
+# +-1 / sqrt(fan_in).
+torch_default_conv_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def smp_stem_kernel_init(key: jax.Array, shape, dtype: Dtype = jnp.float32) -> jax.Array:
+  """The first conv of an smp ResNet encoder initialised from scratch (`encoder_weights=None`).
+
+  With 3 input channels it is torchvision's conv (`conv_kernel_init`). For any other count smp's
+  `set_in_channels(in_channels, pretrained=False)` replaces the weight and calls the conv's
+  `reset_parameters()`: PyTorch's default init, uniform in +-1 / sqrt(fan_in) (+-1/7 for a 7x7 gray stem).
+  """
+  if shape[-2] == 3:
+    return conv_kernel_init(key, shape, dtype)
+  return torch_default_conv_kernel_init(key, shape, dtype)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -91,13 +133,96 @@ def lax_convolutions():
     _small_map_matmul = previous
 
 
-def make_conv(dtype: Dtype = jnp.float32, conv: ModuleDef = nn.Conv) -> ModuleDef:
-  """The convolution every block uses: no bias, He init, float32 parameters, computation in `dtype`."""
+def make_conv(
+    dtype: Dtype = jnp.float32, conv: ModuleDef = nn.Conv, kernel_init: Any = conv_kernel_init
+) -> ModuleDef:
+  """The convolution every block uses: no bias, He init (or `kernel_init`), float32 parameters,
+  computation in `dtype`."""
   # nn.ConvTranspose has no conv_general_dilated field (and never meets the small-map case).
   small_map = {"conv_general_dilated": conv_general_dilated} if conv is nn.Conv else {}
   return functools.partial(
-      conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init, **small_map
+      conv, use_bias=False, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init, **small_map
   )
+
+
+# The running variance BatchNorm keeps in training (`config.bn_running_variance`): flax's biased batch
+# variance, or PyTorch's unbiased one.
+BN_RUNNING_VARIANCES = ("biased", "unbiased")
+
+
+def check_running_variance(running_variance: str) -> None:
+  if running_variance not in BN_RUNNING_VARIANCES:
+    raise ValueError(f"unknown bn_running_variance {running_variance!r}; choose one of "
+                     f"{', '.join(BN_RUNNING_VARIANCES)}")
+
+
+class BatchNorm(nn.BatchNorm):
+  """`nn.BatchNorm` whose running variance may be PyTorch's: the unbiased batch variance.
+
+  In training both frameworks normalise with the biased batch variance (the mean of squared deviations
+  over the n = N*H*W values of a channel); they differ in the estimate they fold into the running
+  variance used in evaluation: flax the biased one, PyTorch's BatchNorm2d the unbiased one, n / (n - 1)
+  times it. `running_variance="unbiased"` does as PyTorch, with n counted over the whole cross-replica
+  batch under `axis_name` (PyTorch's SyncBatchNorm counts the global batch too). Everything else
+  (outputs, the running mean, parameters and their names, bf16 `dtype`, `axis_name`) is nn.BatchNorm's.
+
+  Named `BatchNorm`, as flax's, so that flax's automatic names (`BatchNorm_0`, ...) and with them the
+  variable tree are the same whichever variant a model uses. `__call__` is flax 0.12's
+  `nn.BatchNorm.__call__` with the running-variance update scaled (tests/torch_parity_options_test.py
+  holds it to nn.BatchNorm's outputs and statistics).
+  """
+
+  running_variance: str = "biased"
+
+  @nn.compact
+  def __call__(self, x, use_running_average: bool | None = None, *, mask: jax.Array | None = None):
+    check_running_variance(self.running_variance)
+    use_running_average = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+    feature_axes = flax_normalization._canonicalize_axes(x.ndim, self.axis)  # pylint: disable=protected-access
+    reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
+    feature_shape = [x.shape[ax] for ax in feature_axes]
+    stats_dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
+    ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, stats_dtype), feature_shape)
+    ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, stats_dtype), feature_shape)
+
+    if use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+      if not self.force_float32_reductions:
+        mean, var = jnp.asarray(mean, self.param_dtype), jnp.asarray(var, self.param_dtype)
+    else:
+      axis_name = self.axis_name if not self.is_initializing() else None
+      mean, var = flax_normalization._compute_stats(  # pylint: disable=protected-access
+          x,
+          reduction_axes,
+          dtype=self.dtype,
+          axis_name=axis_name,
+          axis_index_groups=self.axis_index_groups,
+          use_fast_variance=self.use_fast_variance,
+          mask=mask,
+          force_float32_reductions=self.force_float32_reductions,
+      )
+      if not self.is_initializing():
+        running_var = var
+        if self.running_variance == "unbiased":
+          running_var = var * self._bessel_correction(x, reduction_axes, axis_name, mask).astype(var.dtype)
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * running_var
+
+    return flax_normalization._normalize(  # pylint: disable=protected-access
+        self, x, mean, var, reduction_axes, feature_axes, self.dtype, self.param_dtype, self.epsilon,
+        self.use_bias, self.use_scale, self.bias_init, self.scale_init, self.force_float32_reductions,
+    )
+
+  def _bessel_correction(self, x, reduction_axes, axis_name, mask) -> jax.Array:
+    """n / (n - 1), n the number of values each channel's statistics were computed over (all replicas)."""
+    if mask is None:
+      n = jnp.asarray(math.prod(x.shape[a] for a in reduction_axes), jnp.float32)
+    else:
+      n = jnp.sum(jnp.broadcast_to(jnp.asarray(mask, bool), x.shape), axis=reduction_axes, dtype=jnp.float32)
+    if axis_name is not None:
+      n = jax.lax.psum(n, axis_name, axis_index_groups=self.axis_index_groups)
+    # One value per channel has no unbiased variance (PyTorch refuses it); its biased variance, 0, stays.
+    return n / jnp.maximum(n - 1.0, 1.0)
 
 
 def make_norm(
@@ -105,11 +230,22 @@ def make_norm(
     dtype: Dtype = jnp.float32,
     axis_name: str | None = None,
     norm: ModuleDef = nn.BatchNorm,
+    running_variance: str = "biased",
 ) -> ModuleDef:
   """BatchNorm in train (batch statistics, updates `batch_stats`) or eval (running statistics) mode.
 
   `axis_name` averages the batch statistics over that pmap / shard_map axis (cross-replica BatchNorm).
+  `running_variance`: "biased" (flax's, `norm` as given) or "unbiased" (PyTorch's: `BatchNorm`, which
+  then replaces a plain `nn.BatchNorm`); the variables are the same either way.
   """
+  check_running_variance(running_variance)
+  variant = {}
+  if running_variance != "biased":
+    norm = BatchNorm if norm is nn.BatchNorm else norm
+    if not (isinstance(norm, type) and issubclass(norm, BatchNorm)):
+      raise ValueError(f"running_variance={running_variance!r} needs veinjax's layers.BatchNorm (or a subclass) "
+                       f"as the norm, got {norm!r}")
+    variant["running_variance"] = running_variance
   return functools.partial(
       norm,
       use_running_average=not train,
@@ -118,6 +254,7 @@ def make_norm(
       dtype=dtype,
       param_dtype=jnp.float32,
       axis_name=axis_name,
+      **variant,
   )
 
 
@@ -199,9 +336,14 @@ def count_params(params: Any) -> int:
 
 
 def segmentation_head(
-    x: jax.Array, num_classes: int, kernel_size: int, dtype: Dtype, name: str = "head"
+    x: jax.Array, num_classes: int, kernel_size: int, dtype: Dtype, name: str = "head",
+    kernel_init: Any = None,
 ) -> jax.Array:
-  """Final conv with bias to `num_classes` logits, returned as float32 whatever the computation dtype."""
+  """Final conv with bias to `num_classes` logits, returned as float32 whatever the computation dtype.
+
+  `kernel_init` None: flax's default (LeCun normal on fan-in, truncated at 2 std); the bias starts at 0.
+  """
+  init = {} if kernel_init is None else {"kernel_init": kernel_init}
   logits = nn.Conv(
       num_classes,
       (kernel_size, kernel_size),
@@ -209,5 +351,6 @@ def segmentation_head(
       dtype=dtype,
       param_dtype=jnp.float32,
       name=name,
+      **init,
   )(x)
   return logits.astype(jnp.float32)

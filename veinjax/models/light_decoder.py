@@ -55,11 +55,12 @@ class LightUNetDecoder(nn.Module):
   decoder_channels: Sequence[int] = (64, 32, 24, 16)
   dtype: layers.Dtype = jnp.float32
   bn_axis_name: str | None = None
+  bn_running_variance: str = "biased"
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], train: bool = False) -> jax.Array:
     conv = light_layers.make_conv(self.dtype)
-    norm = layers.make_norm(train, self.dtype, self.bn_axis_name)
+    norm = layers.make_norm(train, self.dtype, self.bn_axis_name, running_variance=self.bn_running_variance)
     x = features[-1]
     skips = list(features[-2::-1])[:len(self.decoder_channels)]
     skips += [None] * (len(self.decoder_channels) - len(skips))
@@ -72,11 +73,13 @@ class LightUNet(nn.Module):
   """`LightUNetDecoder` on a swappable encoder, a 1x1 conv to the logits, bilinear to the input size.
 
   Attributes:
-    encoder: encoder factory, e.g. `mobilenet.MobileNetV3Small`; called with `dtype`, `bn_axis_name`.
+    encoder: encoder factory, e.g. `mobilenet.MobileNetV3Small`; called with `dtype`, `bn_axis_name`,
+      `bn_running_variance`.
     num_classes: logits per pixel (1 = one sigmoid logit).
     decoder_channels: output channels of the decoder blocks (4 blocks: stride-2 logits, upsampled).
     dtype: computation dtype; parameters and the returned logits are float32.
     bn_axis_name: axis name for cross-replica BatchNorm statistics (pmap), or None.
+    bn_running_variance: BatchNorm's running variance, "biased" (flax's) or "unbiased" (PyTorch's).
   """
 
   encoder: ModuleDef = mobilenet.MobileNetV3Small
@@ -84,13 +87,16 @@ class LightUNet(nn.Module):
   decoder_channels: Sequence[int] = (64, 32, 24, 16)
   dtype: layers.Dtype = jnp.float32
   bn_axis_name: str | None = None
+  bn_running_variance: str = "biased"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     layers.check_input(x)
     height, width = x.shape[1:3]
-    features = self.encoder(dtype=self.dtype, bn_axis_name=self.bn_axis_name, name="encoder")(x, train)
-    decoder = LightUNetDecoder(self.decoder_channels, self.dtype, self.bn_axis_name, name="decoder")
+    features = self.encoder(dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                            bn_running_variance=self.bn_running_variance, name="encoder")(x, train)
+    decoder = LightUNetDecoder(self.decoder_channels, self.dtype, self.bn_axis_name, self.bn_running_variance,
+                               name="decoder")
     y = decoder(features, train)
     logits = layers.segmentation_head(y, self.num_classes, 1, self.dtype)
     if height % logits.shape[1] or logits.shape[1] > height:

@@ -138,6 +138,7 @@ class MobileNetV3Encoder(nn.Module):
     output_stride: 32 (plain), 16 or 8; below 32 the last stride(s) become dilation of the blocks after.
     dtype: computation dtype; parameters stay float32.
     bn_axis_name: axis name for cross-replica BatchNorm statistics (pmap), or None.
+    bn_running_variance: BatchNorm's running variance, "biased" (flax's) or "unbiased" (PyTorch's).
   """
 
   blocks: Sequence[Bneck]
@@ -146,6 +147,7 @@ class MobileNetV3Encoder(nn.Module):
   output_stride: int = 32
   dtype: layers.Dtype = jnp.float32
   bn_axis_name: str | None = None
+  bn_running_variance: str = "biased"
 
   @property
   def out_channels(self) -> tuple[int, ...]:
@@ -176,7 +178,7 @@ class MobileNetV3Encoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
     conv = light_layers.make_conv(self.dtype)
-    norm = layers.make_norm(train, self.dtype, self.bn_axis_name)
+    norm = layers.make_norm(train, self.dtype, self.bn_axis_name, running_variance=self.bn_running_variance)
     plan = self._plan()
 
     x = jnp.asarray(x, self.dtype)

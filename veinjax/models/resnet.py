@@ -115,7 +115,10 @@ class ResNetEncoder(nn.Module):
       (every 3x3 conv of such a stage dilated, as segmentation_models_pytorch does), as DeepLab needs.
     dtype: computation dtype; parameters stay float32.
     bn_axis_name: axis name for cross-replica BatchNorm statistics (pmap), or None.
+    bn_running_variance: BatchNorm's running variance, "biased" (flax's) or "unbiased" (PyTorch's).
     conv, norm: the convolution and normalisation modules (wrapped by `layers.make_conv/make_norm`).
+    stem_kernel_init: the 7x7 stem conv's kernel initialiser (torchvision's, as every other conv, by
+      default; smp's from-scratch stem: `layers.smp_stem_kernel_init`).
   """
 
   stage_sizes: Sequence[int]
@@ -124,8 +127,10 @@ class ResNetEncoder(nn.Module):
   stem_features: int = 64
   dtype: layers.Dtype = jnp.float32
   bn_axis_name: str | None = None
+  bn_running_variance: str = "biased"
   conv: ModuleDef = nn.Conv
   norm: ModuleDef = nn.BatchNorm
+  stem_kernel_init: layers.Initializer = layers.conv_kernel_init
 
   @property
   def out_channels(self) -> tuple[int, ...]:
@@ -156,11 +161,12 @@ class ResNetEncoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
     conv = layers.make_conv(self.dtype, self.conv)
-    norm = layers.make_norm(train, self.dtype, self.bn_axis_name, self.norm)
+    norm = layers.make_norm(train, self.dtype, self.bn_axis_name, self.norm, self.bn_running_variance)
     plan = self._stage_strides_and_dilations()
 
     x = jnp.asarray(x, self.dtype)
-    x = conv(self.stem_features, (7, 7), strides=(2, 2), padding=layers.conv_padding(7), name="conv1")(x)
+    x = conv(self.stem_features, (7, 7), strides=(2, 2), padding=layers.conv_padding(7),
+             kernel_init=self.stem_kernel_init, name="conv1")(x)
     x = nn.relu(norm(name="bn1")(x))
     features = [x]
     # Zero padding, not max_pool's -inf: the same maxima after a ReLU (every window holds a value >= 0),

@@ -58,11 +58,13 @@ class UNetDecoder(nn.Module):
   decoder_channels: Sequence[int] = (256, 128, 64, 32, 16)
   dtype: layers.Dtype = jnp.float32
   bn_axis_name: str | None = None
+  bn_running_variance: str = "biased"
+  kernel_init: layers.Initializer = layers.conv_kernel_init
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], train: bool = False) -> jax.Array:
-    conv = layers.make_conv(self.dtype)
-    norm = layers.make_norm(train, self.dtype, self.bn_axis_name)
+    conv = layers.make_conv(self.dtype, kernel_init=self.kernel_init)
+    norm = layers.make_norm(train, self.dtype, self.bn_axis_name, running_variance=self.bn_running_variance)
     x = features[-1]
     skips = list(features[-2::-1])
     if len(skips) > len(self.decoder_channels):
@@ -80,11 +82,17 @@ class EncoderUNet(nn.Module):
   """A U-Net decoder on a swappable encoder (smp's `Unet`); with `resnet.ResNet34` it is ResNet34-UNet.
 
   Attributes:
-    encoder: encoder factory, e.g. `resnet.ResNet34`; called with `dtype`, `bn_axis_name`.
+    encoder: encoder factory, e.g. `resnet.ResNet34`; called with `dtype`, `bn_axis_name`,
+      `bn_running_variance`.
     num_classes: logits per pixel (1 = one sigmoid logit).
     decoder_channels: output channels of the five decoder blocks.
     dtype: computation dtype; parameters and the returned logits are float32.
     bn_axis_name: axis name for cross-replica BatchNorm statistics (pmap), or None.
+    bn_running_variance: BatchNorm's running variance, "biased" (flax's) or "unbiased" (PyTorch's).
+    decoder_kernel_init: the decoder convs' kernel initialiser (`layers.conv_kernel_init`, He-normal on
+      fan-out; smp's: `layers.smp_decoder_kernel_init`).
+    head_kernel_init: the head's kernel initialiser; None = flax's default (LeCun normal; smp's:
+      `layers.smp_head_kernel_init`). The head's bias starts at 0 either way.
   """
 
   encoder: layers.ModuleDef = resnet.ResNet34
@@ -92,13 +100,18 @@ class EncoderUNet(nn.Module):
   decoder_channels: Sequence[int] = (256, 128, 64, 32, 16)
   dtype: layers.Dtype = jnp.float32
   bn_axis_name: str | None = None
+  bn_running_variance: str = "biased"
+  decoder_kernel_init: layers.Initializer = layers.conv_kernel_init
+  head_kernel_init: layers.Initializer | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     layers.check_input(x)
-    features = self.encoder(dtype=self.dtype, bn_axis_name=self.bn_axis_name, name="encoder")(x, train)
-    y = UNetDecoder(self.decoder_channels, self.dtype, self.bn_axis_name, name="decoder")(features, train)
-    return layers.segmentation_head(y, self.num_classes, 3, self.dtype)
+    features = self.encoder(dtype=self.dtype, bn_axis_name=self.bn_axis_name,
+                            bn_running_variance=self.bn_running_variance, name="encoder")(x, train)
+    y = UNetDecoder(self.decoder_channels, self.dtype, self.bn_axis_name, self.bn_running_variance,
+                    self.decoder_kernel_init, name="decoder")(features, train)
+    return layers.segmentation_head(y, self.num_classes, 3, self.dtype, kernel_init=self.head_kernel_init)
 
 
 class UNetEncoder(nn.Module):
@@ -110,6 +123,7 @@ class UNetEncoder(nn.Module):
   widths: Sequence[int] = (64, 128, 256, 512, 1024)
   dtype: layers.Dtype = jnp.float32
   bn_axis_name: str | None = None
+  bn_running_variance: str = "biased"
 
   @property
   def out_channels(self) -> tuple[int, ...]:
@@ -122,7 +136,7 @@ class UNetEncoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
     conv = layers.make_conv(self.dtype)
-    norm = layers.make_norm(train, self.dtype, self.bn_axis_name)
+    norm = layers.make_norm(train, self.dtype, self.bn_axis_name, running_variance=self.bn_running_variance)
     x = jnp.asarray(x, self.dtype)
     features = []
     for i, width in enumerate(self.widths):
@@ -162,19 +176,22 @@ class UNet(nn.Module):
     widths: channels of the five contracting stages.
     dtype: computation dtype; parameters and the returned logits are float32.
     bn_axis_name: axis name for cross-replica BatchNorm statistics (pmap), or None.
+    bn_running_variance: BatchNorm's running variance, "biased" (flax's) or "unbiased" (PyTorch's).
   """
 
   num_classes: int = 1
   widths: Sequence[int] = (64, 128, 256, 512, 1024)
   dtype: layers.Dtype = jnp.float32
   bn_axis_name: str | None = None
+  bn_running_variance: str = "biased"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     layers.check_input(x)
     conv = layers.make_conv(self.dtype)
-    norm = layers.make_norm(train, self.dtype, self.bn_axis_name)
-    features = UNetEncoder(self.widths, self.dtype, self.bn_axis_name, name="encoder")(x, train)
+    norm = layers.make_norm(train, self.dtype, self.bn_axis_name, running_variance=self.bn_running_variance)
+    features = UNetEncoder(self.widths, self.dtype, self.bn_axis_name, self.bn_running_variance,
+                           name="encoder")(x, train)
     y = features[-1]
     for i, skip in enumerate(reversed(features[:-1])):
       y = UpBlock(skip.shape[-1], conv, norm, self.dtype, name=f"up{i + 1}")(y, skip)
