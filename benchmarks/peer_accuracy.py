@@ -43,6 +43,7 @@ METRIC_COLUMNS = (("iou", "{fg} IoU"), ("dice", "{fg} Dice"), ("acc", "ACC"), ("
                   ("hd95", "HD95 (px)"))
 # Metrics the Welch t-test is printed for.
 TESTED_METRICS = ("dice", "iou")
+_METRIC_NAMES = {"dice": "Dice", "iou": "IoU"}
 
 
 def welch_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float] | None:
@@ -142,7 +143,7 @@ def table_markdown(records: Sequence[Mapping[str, Any]], foreground: str, title:
       test = welch_t_test(a, b)
       verdict = ("Welch t = {:.2f}, p = {:.3f}".format(*test) if test else
                  "no t-test (fewer than 2 seeds each, or no spread)")
-      lines.append(f"- test {foreground} {key.upper() if key == 'iou' else key.capitalize()}, {mine} − "
+      lines.append(f"- test {foreground} {_METRIC_NAMES[key]}, {mine} − "
                    f"pytorch: {delta:+.4f} ({verdict}; seeds: {mine} "
                    f"{', '.join(f'{v:.3f}' for v in a)}; pytorch {', '.join(f'{v:.3f}' for v in b)})")
   for mine in ours:
