@@ -61,20 +61,6 @@ def run_workdir(workdir: str, framework: str, seed_index: int) -> str:
   return os.path.join(workdir, framework, f"seed_{seed_index}")
 
 
-def _check_same_config(record: Mapping[str, Any], wanted: Mapping[str, Any], path: str) -> None:
-  """A finished PyTorch run must have the recipe asked for; fields only veinjax reads may differ, so one set
-  of reference runs serves every veinjax variant (--variant)."""
-  from benchmarks import torch_training  # pylint: disable=g-import-not-at-top
-  from veinjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  from veinjax.experiments import tables  # pylint: disable=g-import-not-at-top
-  differences = [f for f in tables.config_differences(workdir_lib.with_added_fields(record.get("config", {}),
-                                                                                    wanted), wanted)
-                 if f not in torch_training.VEINJAX_ONLY_FIELDS]
-  if differences:
-    raise ValueError(f"{path} holds a finished run with a different config (fields: {', '.join(differences)}). "
-                     "Give peer_accuracy a new --workdir, or delete that run directory to retrain it.")
-
-
 def train_seed(config, workdir: str, framework: str, seed_index: int, threads: int = 0,
                variant: str = "veinjax") -> list[dict[str, Any]]:
   """Trains (or skips, if finished) one framework's run of seed `config.seed + seed_index`.
@@ -97,7 +83,10 @@ def train_seed(config, workdir: str, framework: str, seed_index: int, threads: i
     path = run_workdir(workdir, framework, seed_index)
     record = torch_training.train_and_evaluate(cfg, path, threads=threads)
     if record["status"] == "skipped":
-      _check_same_config(record, json.loads(cfg.to_json_best_effort()), path)
+      # Fields only veinjax reads may differ, so one set of reference runs serves every veinjax --variant.
+      compare._check_same_config(  # pylint: disable=protected-access
+          record.get("config", {}), json.loads(cfg.to_json_best_effort()), path, "a finished",
+          free_fields=torch_training.VEINJAX_ONLY_FIELDS, runner="peer_accuracy")
     selected = record["selected"]
   records = [{"framework": framework, "seed": int(cfg.seed), "metrics": record["metrics"], "selected": selected,
               "train_seconds": record.get("train_seconds"), "status": record["status"]}]
@@ -108,8 +97,10 @@ def train_seed(config, workdir: str, framework: str, seed_index: int, threads: i
   return records
 
 
-def _values(records: Sequence[Mapping[str, Any]], framework: str, key: str, where: str = "metrics"):
-  return [r[where].get(key) for r in records if r["framework"] == framework and r[where].get(key) is not None]
+def _values(records: Sequence[Mapping[str, Any]], framework: str, key: str, where: str | None = "metrics"):
+  """`key` of `framework`'s records (of their `where` dict, or of the record itself), where it is set."""
+  found = [(r if where is None else r[where]).get(key) for r in records if r["framework"] == framework]
+  return [v for v in found if v is not None]
 
 
 def table_markdown(records: Sequence[Mapping[str, Any]], foreground: str, title: str,
@@ -129,7 +120,7 @@ def table_markdown(records: Sequence[Mapping[str, Any]], foreground: str, title:
       cells.append(tables.format_mean_std(*tables.mean_std(_values(records, framework, key)), len(runs), digits))
     cells.append(tables.format_mean_std(*tables.mean_std(_values(records, framework, "dice", "selected")),
                                         len(runs)))
-    minutes = [s / 60 for s in _values_top(records, framework, "train_seconds")]
+    minutes = [s / 60 for s in _values(records, framework, "train_seconds", where=None)]
     cells.append(tables.format_mean_std(*tables.mean_std(minutes), len(minutes), 1))
     lines.append("| " + " | ".join(cells) + " |")
   lines.append("")
@@ -161,10 +152,6 @@ def table_markdown(records: Sequence[Mapping[str, Any]], foreground: str, title:
                "formula, optimizer and schedule, checkpoint rule, metrics code. What differs:")
   lines += [f"- {d}" for d in differences]
   return "\n".join(lines) + "\n"
-
-
-def _values_top(records, framework, key):
-  return [r[key] for r in records if r["framework"] == framework and r.get(key) is not None]
 
 
 def write_runs_csv(records: Sequence[Mapping[str, Any]], path: str) -> None:

@@ -113,16 +113,18 @@ def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-def _check_same_config(stored: Mapping[str, Any], wanted: Mapping[str, Any], workdir: str,
-                       which: str) -> None:
+def _check_same_config(stored: Mapping[str, Any], wanted: Mapping[str, Any], workdir: str, which: str,
+                       free_fields: Sequence[str] = _RUN_FREE_FIELDS, runner: str = "compare") -> None:
+  """A run in `workdir` must have the config asked for, but for `free_fields`; else an error naming the
+  fields and telling the user of `runner` what to do (benchmarks/peer_accuracy checks its runs so too)."""
   # Fields added after runs were recorded (workdir.ADDED_FIELDS) compare as the value that trains exactly as
   # those runs did, so finished runs stay valid.
   differences = [f for f in tables.config_differences(workdir_lib.with_added_fields(stored, wanted), wanted)
-                 if f not in _RUN_FREE_FIELDS]
+                 if f not in free_fields]
   if differences:
     raise ValueError(
         f"{workdir} holds {which} run with a different config (fields: {', '.join(differences)}). "
-        "Give compare a new --workdir, or delete that run directory to retrain it.")
+        f"Give {runner} a new --workdir, or delete that run directory to retrain it.")
 
 
 def train_or_resume(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
