@@ -3,7 +3,9 @@ SIGTERM (preemption) and kill -9, each resumed to the end and compared bit for b
 run of the same command.
 
 Every run is `python train.py` in a subprocess on a tiny phantom config written to a file, so the compiled
-code is what a user gets (the in-process tests run with `jax_disable_most_optimizations`).
+code is what a user gets (the in-process tests run with `jax_disable_most_optimizations`). The processes share
+one persistent compilation cache (JAX_COMPILATION_CACHE_DIR, as a user restarting after a preemption would):
+the later ones load the executables the first compiled instead of compiling them again, the same code.
 """
 
 import os
@@ -40,18 +42,23 @@ def config_file(tmp_path_factory, phantom_data_dir):
   return str(path)
 
 
+def _cache_dir(config_file):
+  return os.path.join(os.path.dirname(config_file), "xla_cache")
+
+
 def _command(config_file, workdir):
   return [sys.executable, str(ROOT / "train.py"), f"--config={config_file}", f"--workdir={workdir}"]
 
 
-def _env():
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+def _env(config_file):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_COMPILATION_CACHE_DIR=_cache_dir(config_file),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   env.pop("XLA_FLAGS", None)
   return env
 
 
 def _train(config_file, workdir):
-  result = subprocess.run(_command(config_file, workdir), capture_output=True, text=True, env=_env(),
+  result = subprocess.run(_command(config_file, workdir), capture_output=True, text=True, env=_env(config_file),
                           cwd=str(ROOT), timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stderr
@@ -60,7 +67,7 @@ def _train(config_file, workdir):
 def _start_and_signal(config_file, workdir, signum, delay_s):
   """Starts training, sends `signum` `delay_s` after its first step ran; returns (returncode, log)."""
   process = subprocess.Popen(_command(config_file, workdir), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                             text=True, env=_env(), cwd=str(ROOT))
+                             text=True, env=_env(config_file), cwd=str(ROOT))
   log = []
   for line in process.stderr:
     log.append(line)
@@ -85,6 +92,7 @@ def _history(workdir):
 def uninterrupted(config_file, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
   _train(config_file, workdir)
+  assert os.listdir(_cache_dir(config_file)), "the first run wrote no compiled executable to the shared cache"
   return workdir
 
 

@@ -48,6 +48,12 @@ _PREPARED: "collections.OrderedDict[tuple, _Prepared]" = collections.OrderedDict
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _no_autograph(fn: Callable) -> Callable:
+  """`fn` traced as written: the pipeline branches on Python values only (config fields, dtypes), never on a
+  tensor, so AutoGraph's source conversion (seconds of CPU at every fresh start) would change nothing."""
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _check_resize_method(method: str) -> None:
   if method not in RESIZE_METHODS:
     raise ValueError(f"Unknown resize method {method!r}: set --config.resize_method to one of "
@@ -276,7 +282,8 @@ def _prepare_uncached(config, raw: tf.data.Dataset, num_total: int, process_inde
             "channels": tf.shape(example["image"])[2], "max_label": largest_class(example["mask"])}
 
   shard = raw.enumerate().shard(process_count, process_index)
-  shard = shard.map(prepare, num_parallel_calls=_AUTOTUNE, deterministic=True).batch(32).prefetch(1)
+  shard = shard.map(_no_autograph(prepare), num_parallel_calls=_AUTOTUNE, deterministic=True)
+  shard = shard.batch(32).prefetch(1)
   m = len(range(process_index, num_total, process_count))
   channels = config.in_channels
   images = np.zeros((m, size, size, channels), np.uint8)
@@ -356,7 +363,8 @@ def _train_loader(data: _Prepared, aug_config, normalization=None) -> Callable[[
     aug_config = copy.deepcopy(aug_config)  # later edits to the caller's config get their own key
     images, masks, indices = data.images, data.masks, data.indices
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.int32), tf.TensorSpec([2], tf.int32)])
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int32), tf.TensorSpec([2], tf.int32)],
+                 autograph=False)  # as _no_autograph
     def load(position, augment_seed):
       image = _to_unit_interval(tf.gather(images, position))
       label = tf.cast(tf.gather(masks, position), tf.int32)
@@ -447,6 +455,7 @@ def create_eval_dataset(config, split: str, *, process_index: int = 0, process_c
   size, channels = config.image_size, config.in_channels
   padding = {"image": tf.zeros([size, size, channels], tf.float32), "label": tf.zeros([size, size], tf.int32),
              "valid": tf.constant(False), "id": tf.constant(b"")}
-  ds = tf.data.Dataset.range(data.size).map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
+  ds = tf.data.Dataset.range(data.size).map(_no_autograph(load), num_parallel_calls=_AUTOTUNE,
+                                            deterministic=True)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(padded - data.size))
   return ds.batch(b, drop_remainder=True).prefetch(_AUTOTUNE)
