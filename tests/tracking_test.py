@@ -63,6 +63,48 @@ def test_birth_after_min_hits_and_death_after_max_missed():
   assert len(tracking.track(masks, min_hits=2, max_missed=7)) == 2  # now the blip is born too
 
 
+def test_a_vessel_broken_into_pieces_stays_one_track():
+  # A lumen flattened under compression can break a mask into pieces: frames 8-13 show the vessel cut in two
+  # by a 3-px gap. The pieces are joined (geometry of their union); the baseline starts a second track.
+  def masks_at(t):
+    mask = disc(96, 48, 40, 10)
+    if 8 <= t < 14:
+      mask[:, 47:50] = 0
+    return mask
+  masks = np.stack([masks_at(t) for t in range(20)])
+  (trk,) = tracking.track(masks)
+  assert trk.frames == list(range(20)) and not any(p.predicted for p in trk.points)
+  for p in trk.points:
+    assert abs(p.centroid_x_px - 48) < 0.5 and abs(p.centroid_y_px - 40) < 0.5
+  assert trk.points[10].geometry.area_px == int(masks[10].sum())  # both pieces measured as one
+  assert len(tracking.track_nearest(masks)) == 2
+
+
+def test_confirmed_tracks_choose_before_tentative_and_lost_ones():
+  """The matching cascade: the track that saw its vessel in the previous frame picks first, then tracks
+  missed for longer, then tentative tracks, whatever the costs say."""
+  def live(x, missed, confirmed=True):
+    return tracking._Live(tracking._LastPosition(x, 40.0), [], np.ones((9, 9), bool),
+                          (36, int(x) - 4, 45, int(x) + 5), (x, 40.0), 9.0, missed=missed,
+                          id=1 if confirmed else None)
+  det = tracking.geometry.measure(disc(96, 50, 40, 4))[0]
+  shape = disc(96, 50, 40, 4)[det.bbox[0]:det.bbox[2], det.bbox[1]:det.bbox[3]] > 0
+  for others in ([live(49.5, missed=3)], [live(50.0, missed=0, confirmed=False)]):
+    tracks = [live(44.0, missed=0)] + others  # the other track is nearer the detection
+    predictions = [trk.motion.predict() for trk in tracks]
+    assert tracking._assign(tracks, predictions, [det], [shape], 0.5, 15.0) == [(1, 0)]  # costs alone
+    assert tracking._assign_in_cascade(tracks, predictions, [det], [shape], 0.5, 15.0) == {0: 0}
+
+
+def test_a_vessel_that_stops_while_missed_is_found_where_it_was_last_seen():
+  # 5 px per frame, then missed for 4 frames while it stopped: the constant-velocity prediction runs 20 px
+  # past it (beyond the 15 px gate); the last observed position keeps the id.
+  where = lambda t: (10 + 5 * t, 40, 5) if t < 10 else (None if t < 14 else (55, 40, 5))
+  masks = clip_of([where], 20, size=128)
+  (trk,) = tracking.track(masks)
+  assert trk.frames == list(range(20)) and [p.frame for p in trk.points if p.predicted] == [10, 11, 12, 13]
+
+
 def test_nothing_detected_and_empty_clips_give_no_tracks(tmp_path):
   assert tracking.track(np.zeros((5, 32, 32), np.uint8)) == []
   assert tracking.track([]) == [] and tracking.track_nearest(np.zeros((0, 16, 16), bool)) == []

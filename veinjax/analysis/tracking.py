@@ -5,17 +5,21 @@ follows whatever the masks contain. A model's vein class mask gives vein tracks;
 pass a vessel mask (e.g. `instances > 0` of a phantom clip, or a multi-class mask with foreground=None).
 
 Per frame: each live track predicts its centroid with a constant-velocity Kalman filter
-(filterpy.kalman.KalmanFilter, state x, y, vx, vy); detections are assigned to tracks by the Hungarian
-algorithm (scipy.optimize.linear_sum_assignment) on a cost mixing centroid distance and the overlap (IoU)
-of the track's last shape, moved to the prediction, with the detection. A pair is allowed when the shapes
-overlap or the centroid lies within the gate (max(max_distance_px, the track's largest equivalent diameter)).
+(filterpy.kalman.KalmanFilter, state x, y, vx, vy). Detections that are pieces of one confirmed track's
+vessel (a lumen flattened under compression breaks a mask) are joined into one. Detections are then assigned
+to tracks by the Hungarian algorithm (scipy.optimize.linear_sum_assignment) on a cost mixing centroid
+distance (to the nearer of the prediction and the last observed centroid) and the overlap (IoU) of the
+track's last shape, moved to the prediction, with the detection, in turns (DeepSORT's matching cascade):
+confirmed tracks seen in the previous frame first, then those missed for longer, then tentative tracks. A
+pair is allowed when the shapes overlap or the centroid lies within the gate (max(max_distance_px, the
+track's largest equivalent diameter)).
 A track is born once detected in `min_hits` consecutive frames (and reported from its first frame); a missed
 confirmed track coasts on its prediction (points flagged `predicted`) and keeps its id through up to
 `max_missed` missed frames; one more miss ends it (trailing predictions are dropped). Ids are 1, 2, ... in
 order of birth.
 
-`track_nearest` is the comparison baseline with the same interface: no filter, no overlap; a track stays
-where it was last seen and takes the nearest detection within the gate.
+`track_nearest` is the comparison baseline with the same interface: no filter, no overlap, no joined pieces,
+no cascade; a track stays where it was last seen and takes the nearest detection within the gate.
 
 `compressibility(track)`: over a compression sweep a patent vein flattens, an artery (or a thrombosed vein)
 keeps its shape, so min / max of the area (or minor axis) separates them.
@@ -130,35 +134,102 @@ def as_frames(masks: Masks) -> List[np.ndarray]:
   return frames
 
 
-def _iou(trk: _Live, prediction: Tuple[float, float], det: geometry.VesselGeometry, shape: np.ndarray) -> float:
-  """IoU of the track's last shape, moved by its predicted displacement (whole pixels), with a detection."""
-  dx, dy = round(prediction[0] - trk.centroid[0]), round(prediction[1] - trk.centroid[1])
+def _overlap(trk: _Live, offset: Tuple[int, int], det: geometry.VesselGeometry, shape: np.ndarray) -> int:
+  """Pixels shared by the track's last shape, moved by `offset` (dx, dy in whole pixels), and a detection."""
+  dx, dy = offset
   r0, c0, r1, c1 = trk.bbox[0] + dy, trk.bbox[1] + dx, trk.bbox[2] + dy, trk.bbox[3] + dx
   top, left = max(r0, det.bbox[0]), max(c0, det.bbox[1])
   bottom, right = min(r1, det.bbox[2]), min(c1, det.bbox[3])
   if top >= bottom or left >= right:
-    return 0.0
+    return 0
   mine = trk.shape[top - r0:bottom - r0, left - c0:right - c0]
   theirs = shape[top - det.bbox[0]:bottom - det.bbox[0], left - det.bbox[1]:right - det.bbox[1]]
-  inter = int(np.count_nonzero(mine & theirs))
+  return int(np.count_nonzero(mine & theirs))
+
+
+def _moved(trk: _Live, prediction: Tuple[float, float]) -> Tuple[int, int]:
+  """The whole-pixel offset that moves the track's last shape to its predicted centroid."""
+  return round(prediction[0] - trk.centroid[0]), round(prediction[1] - trk.centroid[1])
+
+
+def _iou(trk: _Live, prediction: Tuple[float, float], det: geometry.VesselGeometry, shape: np.ndarray) -> float:
+  """IoU of the track's last shape, moved by its predicted displacement (whole pixels), with a detection."""
+  inter = _overlap(trk, _moved(trk, prediction), det, shape)
   return inter / (int(np.count_nonzero(trk.shape)) + det.area_px - inter)
 
 
 def _assign(live: List[_Live], predictions, detections, shapes, overlap_weight: float,
             max_distance_px: float) -> List[Tuple[int, int]]:
-  """Hungarian assignment of detections to tracks; pairs outside the gate and without overlap never match."""
+  """Hungarian assignment of detections to tracks; pairs outside the gate and without overlap never match.
+
+  The distance is to the nearer of the prediction and the last observed centroid (one point for a track seen
+  in the previous frame): after misses, a velocity thrown off by a partial or broken detection must not carry
+  the track away from a vessel that stayed where it was."""
   if not live or not detections:
     return []
   cost = np.full((len(live), len(detections)), _FORBIDDEN)
   for i, (trk, (px, py)) in enumerate(zip(live, predictions)):
     gate = max(max_distance_px, trk.max_diameter)
+    lx, ly = trk.centroid
     for j, det in enumerate(detections):
-      distance = math.hypot(det.centroid_x_px - px, det.centroid_y_px - py)
+      distance = min(math.hypot(det.centroid_x_px - px, det.centroid_y_px - py),
+                     math.hypot(det.centroid_x_px - lx, det.centroid_y_px - ly))
       iou = _iou(trk, (px, py), det, shapes[j]) if overlap_weight > 0 else 0.0
       if iou > 0 or distance <= gate:
         cost[i, j] = overlap_weight * (1.0 - iou) + (1.0 - overlap_weight) * min(distance / gate, 1.0)
   rows, cols = linear_sum_assignment(cost)
   return [(i, j) for i, j in zip(rows, cols) if cost[i, j] < _FORBIDDEN]
+
+
+def _assign_in_cascade(live: List[_Live], predictions, detections, shapes, overlap_weight: float,
+                       max_distance_px: float) -> Dict[int, int]:
+  """{track index: detection index}, chosen in turns (DeepSORT's matching cascade): first the confirmed tracks
+  seen in the previous frame, then those missed for 1, 2, ... frames, then the tentative ones, each turn
+  among the detections left. A vessel's own track is never outbid by a track that lost it long ago, nor by a
+  new tentative track on one of its fragments."""
+  def turn_of(trk):
+    return trk.missed if trk.id is not None else math.inf  # a tentative track is never missed: it ends
+
+  matched = {}
+  for turn in sorted({turn_of(trk) for trk in live}):
+    rows = [i for i, trk in enumerate(live) if turn_of(trk) == turn]
+    cols = [j for j in range(len(detections)) if j not in matched.values()]
+    pairs = _assign([live[i] for i in rows], [predictions[i] for i in rows], [detections[j] for j in cols],
+                    [shapes[j] for j in cols], overlap_weight, max_distance_px)
+    matched.update({rows[i]: cols[j] for i, j in pairs})
+  return matched
+
+
+def _merge_fragments(live: List[_Live], predictions, labels: np.ndarray, detections, shapes, spacing,
+                     min_area_px: int):
+  """Detections that are pieces of one confirmed track's vessel, joined into one detection.
+
+  A lumen flattened under compression (or a faint wall) can break a vessel's mask into pieces; tracked as
+  they are, the track follows one piece and another starts a new track that may take the vessel over. A
+  detection is a piece of a track when at least half its pixels lie in the track's last shape (moved to
+  its prediction) and in no other confirmed track's; two or more pieces of one track become one detection
+  (their union: geometry measured on it). Returns (detections, shapes), unchanged when nothing merges.
+  """
+  owners = {}
+  for i, trk in enumerate(live):
+    if trk.id is None:
+      continue
+    for j, det in enumerate(detections):
+      if 2 * _overlap(trk, _moved(trk, predictions[i]), det, shapes[j]) >= det.area_px:
+        owners.setdefault(j, []).append(i)
+  pieces = {}
+  for j, tracks_of_j in owners.items():
+    if len(tracks_of_j) == 1:
+      pieces.setdefault(tracks_of_j[0], []).append(j)
+  groups = [js for js in pieces.values() if len(js) > 1]
+  if not groups:
+    return detections, shapes
+  labels = labels.copy()
+  for js in groups:
+    for j in js[1:]:
+      labels[labels == detections[j].label] = detections[js[0]].label
+  detections = geometry.measure_labels(labels, spacing, min_area_px)
+  return detections, [labels[d.bbox[0]:d.bbox[2], d.bbox[1]:d.bbox[3]] == d.label for d in detections]
 
 
 def _observe(trk: _Live, frame: int, det: geometry.VesselGeometry, shape: np.ndarray) -> None:
@@ -171,8 +242,9 @@ def _observe(trk: _Live, frame: int, det: geometry.VesselGeometry, shape: np.nda
 
 def _run(masks: Masks, new_motion: Callable[[float, float], object], overlap_weight: float,
          pixel_spacing_mm, foreground, min_hits: int, max_missed: int, max_distance_px: float,
-         min_area_px: int) -> List[Track]:
-  """The tracking loop shared by `track` and `track_nearest` (they differ in motion model and cost)."""
+         min_area_px: int, join_and_cascade: bool) -> List[Track]:
+  """The tracking loop shared by `track` and `track_nearest` (they differ in motion model and cost;
+  `join_and_cascade`: pieces joined and the matching cascade, `track` only)."""
   if min_hits < 1 or max_missed < 0 or not max_distance_px > 0:
     raise ValueError(f"need min_hits >= 1, max_missed >= 0, max_distance_px > 0; got {min_hits}, "
                      f"{max_missed}, {max_distance_px}.")
@@ -184,8 +256,11 @@ def _run(masks: Masks, new_motion: Callable[[float, float], object], overlap_wei
     detections = geometry.measure_labels(labels, spacing, min_area_px)
     shapes = [labels[d.bbox[0]:d.bbox[2], d.bbox[1]:d.bbox[3]] == d.label for d in detections]
     predictions = [trk.motion.predict() for trk in live]
-    pairs = _assign(live, predictions, detections, shapes, overlap_weight, max_distance_px)
-    matched = dict(pairs)
+    if join_and_cascade:
+      detections, shapes = _merge_fragments(live, predictions, labels, detections, shapes, spacing, min_area_px)
+      matched = _assign_in_cascade(live, predictions, detections, shapes, overlap_weight, max_distance_px)
+    else:
+      matched = dict(_assign(live, predictions, detections, shapes, overlap_weight, max_distance_px))
     kept = []
     for i, trk in enumerate(live):
       if i in matched:
@@ -236,7 +311,7 @@ def track(masks: Masks, *, pixel_spacing_mm: geometry.Spacing = None, foreground
     return _KalmanMotion(x, y, measurement_std_px, acceleration_std_px, initial_speed_std=0.5 * max_distance_px)
 
   return _run(masks, kalman, overlap_weight, pixel_spacing_mm, foreground, min_hits, max_missed,
-              max_distance_px, min_area_px)
+              max_distance_px, min_area_px, join_and_cascade=True)
 
 
 def track_nearest(masks: Masks, *, pixel_spacing_mm: geometry.Spacing = None, foreground: Optional[int] = None,
@@ -244,7 +319,7 @@ def track_nearest(masks: Masks, *, pixel_spacing_mm: geometry.Spacing = None, fo
                   min_area_px: int = 1) -> List[Track]:
   """The baseline: like `track`, but no filter and no overlap (nearest last-seen centroid within the gate)."""
   return _run(masks, _LastPosition, 0.0, pixel_spacing_mm, foreground, min_hits, max_missed, max_distance_px,
-              min_area_px)
+              min_area_px, join_and_cascade=False)
 
 
 # ---- Compressibility ----
