@@ -29,6 +29,14 @@ def _compilation_cache(tmp_path_factory):
   yield
 
 
+def numpy_uses_avx512() -> bool:
+  """Whether numpy runs its AVX-512 code here: its exp, log, sin, ... then round some last bits otherwise,
+  so a byte-pinned phantom output can differ by CPU (the pins hold one value per path, see phantom_test)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  features = np._core._multiarray_umath.__cpu_features__  # pylint: disable=protected-access
+  return bool(features.get("AVX512_SKX", False))
+
+
 def load_config(name: str):
   """configs/<name>.py's get_config()."""
   spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import numpy_uses_avx512
 from veinjax.data import phantom
 from veinjax.data import phantom_random as pr
 from veinjax.data import phantom_random_acoustics
@@ -153,10 +154,17 @@ _PINNED = {
 }
 
 
+# Pinned on numpy's AVX-512 path; without AVX-512 this output differs in last bits (see phantom_test).
+_PINNED_WITHOUT_AVX512 = {
+    (1, 64, "vessel"): "cfac7e811c39a4b6dcc829ed2c32bb23",
+}
+
+
 @pytest.mark.parametrize("seed,size,params", list(_PINNED))
 def test_generate_randomized_example_is_byte_identical_to_the_pinned_outputs(seed, size, params):
   image, mask = pr.generate_randomized_example(seed, size, _PARAMS[params])
-  assert hashlib.sha256(image.tobytes() + mask.tobytes()).hexdigest()[:32] == _PINNED[(seed, size, params)]
+  pins = _PINNED if numpy_uses_avx512() else {**_PINNED, **_PINNED_WITHOUT_AVX512}
+  assert hashlib.sha256(image.tobytes() + mask.tobytes()).hexdigest()[:32] == pins[(seed, size, params)]
 
 
 # ---- Each randomisation group: off is a fixed setting, on changes the frame ----

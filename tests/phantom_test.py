@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from tests.conftest import numpy_uses_avx512
 from veinjax.data import folder
 from veinjax.data import phantom
 from veinjax.data import phantom_clips
@@ -91,10 +92,18 @@ _PINNED = {
 }
 
 
+# The pins above are numpy's AVX-512 path (an Intel Xeon). Without AVX-512 (an AMD EPYC with AVX2) numpy's
+# transcendental functions round some last bits otherwise; these outputs then differ, the others do not.
+_PINNED_WITHOUT_AVX512 = {
+    (2, 64): "aae56df6615b9129100d4d9a1c4207f8",
+}
+
+
 @pytest.mark.parametrize("seed,size", list(_PINNED))
 def test_generate_example_is_byte_identical_to_the_pinned_outputs(seed, size):
   image, mask = phantom.generate_example(seed, size)
-  assert hashlib.sha256(image.tobytes() + mask.tobytes()).hexdigest()[:32] == _PINNED[(seed, size)]
+  pins = _PINNED if numpy_uses_avx512() else {**_PINNED, **_PINNED_WITHOUT_AVX512}
+  assert hashlib.sha256(image.tobytes() + mask.tobytes()).hexdigest()[:32] == pins[(seed, size)]
 
 
 def test_example_is_its_scene_rendered():
