@@ -36,8 +36,8 @@ Compressibility: each track takes the vessel it matched most often. It is judged
 the depth of the sweep (compression >= 0.9, or collapsed) and at rest (<= 0.1); the other tracks count as
 "undetermined" (out of view during the sweep).
 
-ms / frame: wall and CPU time of the tracker call (labelling, measuring, filtering, assignment) divided by
-frames. Both depend on the machine and on what else runs on it.
+ms / frame: wall and CPU time of the tracker calls on all clips (labelling, measuring, filtering, assignment)
+divided by frames, the median of --repeats passes. Both depend on the machine and on what else runs on it.
 """
 
 import dataclasses
@@ -68,6 +68,7 @@ _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "The -
 _POSTPROCESS = flags.DEFINE_string(
     "postprocess", "bedside", "The model masks' post-processing (predict.py's --postprocess, e.g. min_size=33); "
     "'bedside' = the README's bedside default, min_size = 0.05% of the frame's pixels; '' = none.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed passes of each tracker over the clips (median reported).")
 _TTA = flags.DEFINE_list("tta", [], "Test-time augmentation of the model (predict.py's --tta: hflip).")
 
 
@@ -157,26 +158,28 @@ def _score_compressibility(tracks, votes, clip, threshold: float, counts: _Count
 
 def evaluate_tracker(pred_masks_per_clip: Sequence, gt_clips: Sequence, tracker: Callable = tracking.track, *,
                      kinds: Sequence[str] = ("vein", "artery"), threshold: float = 0.5, name: str = "",
-                     min_hits: int = 3, max_missed: int = 10) -> Dict[str, object]:
+                     min_hits: int = 3, max_missed: int = 10, repeats: int = 1) -> Dict[str, object]:
   """Runs `tracker` on each clip's masks ([T, H, W]) and scores it against the clips' ground truth.
 
   gt_clips: `phantom_clips.Clip`s (instances, vessels, compression). kinds: which ground-truth vessels
-  count ("vein" only for vein class masks, from the phantom's labels or a model).
+  count ("vein" only for vein class masks, from the phantom's labels or a model). The tracker runs `repeats`
+  times over all clips; the time is the median pass's.
   """
   if len(pred_masks_per_clip) != len(gt_clips):
     raise ValueError(f"{len(pred_masks_per_clip)} mask clips for {len(gt_clips)} ground-truth clips")
-  counts, seconds, cpu_seconds, frames = _Counts(), 0.0, 0.0, 0
-  for masks, clip in zip(pred_masks_per_clip, gt_clips):
+  passes = []  # (wall seconds, CPU seconds) of each pass over all clips
+  for _ in range(max(repeats, 1)):
     start, cpu_start = time.perf_counter(), time.process_time()
-    tracks = tracker(masks, min_hits=min_hits, max_missed=max_missed)
-    seconds += time.perf_counter() - start
-    cpu_seconds += time.process_time() - cpu_start
-    frames += len(clip.instances)
+    tracks_per_clip = [tracker(masks, min_hits=min_hits, max_missed=max_missed) for masks in pred_masks_per_clip]
+    passes.append((time.perf_counter() - start, time.process_time() - cpu_start))
+  counts = _Counts()
+  for tracks, clip in zip(tracks_per_clip, gt_clips):
     votes = _score_identities(tracks, _truth_per_frame(clip, kinds), max_missed, counts)
     _score_compressibility(tracks, votes, clip, threshold, counts)
+  frames = sum(len(clip.instances) for clip in gt_clips)
   summary = _summary(name, counts, frames, len(gt_clips))
-  summary.update(ms_per_frame=1000.0 * seconds / max(frames, 1),
-                 cpu_ms_per_frame=1000.0 * cpu_seconds / max(frames, 1))
+  summary.update(ms_per_frame=1000.0 * float(np.median([p[0] for p in passes])) / max(frames, 1),
+                 cpu_ms_per_frame=1000.0 * float(np.median([p[1] for p in passes])) / max(frames, 1))
   return summary
 
 
@@ -250,7 +253,8 @@ def model_rows(workdir: str, options: Dict[str, object]) -> List[Dict[str, objec
 def main(argv):
   del argv
   clips = benchmark_clips(_NUM_CLIPS.value, _NUM_FRAMES.value, _SIZE.value, _SWEEPS.value)
-  options = dict(threshold=_THRESHOLD.value, min_hits=_MIN_HITS.value, max_missed=_MAX_MISSED.value)
+  options = dict(threshold=_THRESHOLD.value, min_hits=_MIN_HITS.value, max_missed=_MAX_MISSED.value,
+                 repeats=_REPEATS.value)
   vessel_masks = [clip.instances > 0 for clip in clips]
   vein_masks = [clip.masks for clip in clips]
   dropped = [drop_detections(clip, _DROP_RATE.value, seed=i) for i, clip in enumerate(clips)]

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from veinjax.analysis import geometry
 
@@ -96,3 +97,44 @@ def test_as_row_is_flat():
   row = geometry.as_row(g)
   assert row["orientation_deg"] == pytest.approx(math.degrees(g.orientation_rad))
   assert isinstance(row["bbox"], str) and row["area_mm2"] == pytest.approx(g.area_px * 0.04)
+
+
+def _reference_measure(labels):
+  """Each region measured alone, as the first measure_labels did: scipy's find_objects, np.nonzero, np.mean."""
+  regions = []
+  for index, box in enumerate(ndimage.find_objects(labels)):
+    if box is None:
+      continue
+    rows, cols = np.nonzero(labels[box] == index + 1)
+    y, x = rows + box[0].start + 0.5, cols + box[1].start + 0.5
+    dx, dy = x - x.mean(), y - y.mean()
+    regions.append((index + 1, rows.size, x.mean(), y.mean(), np.mean(dx * dx), np.mean(dy * dy), np.mean(dx * dy),
+                    (box[0].start, box[1].start, box[0].stop, box[1].stop)))
+  return regions
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_labelling_within_the_foreground_box_and_measuring_in_one_pass_equal_scipy(seed):
+  """The tracker's per-frame path (label only the foreground's box, group pixels by one sort) gives exactly
+  scipy's labels of the whole frame and the moments of each region scanned alone, to the last bit."""
+  rng = np.random.default_rng(seed)
+  mask = np.zeros((96, 128), np.uint8)
+  for _ in range(rng.integers(1, 7)):  # discs and specks, some cut by the edge, some touching each other
+    cy, cx, r = rng.uniform(-5, 100), rng.uniform(-5, 133), rng.uniform(1, 14)
+    yy, xx = np.mgrid[:96, :128]
+    mask[(yy - cy)**2 + (xx - cx)**2 <= r * r] = 1
+  mask[rng.random(mask.shape) < 0.002] = 1
+  want_labels, want_count = ndimage.label(mask > 0, structure=np.ones((3, 3), bool))
+  labels, count = geometry.label_components(mask)
+  np.testing.assert_array_equal(labels, want_labels)
+  assert count == want_count
+  labels, regions = geometry.label_and_measure(mask)
+  np.testing.assert_array_equal(labels, want_labels)
+  assert [g.label for g in regions] == list(range(1, want_count + 1))
+  for g, (label, area, cx, cy, mxx, myy, mxy, bbox) in zip(regions, _reference_measure(want_labels)):
+    assert (g.label, g.area_px, g.centroid_x_px, g.centroid_y_px, g.bbox) == (label, area, cx, cy, bbox)
+    half_sum, root = 0.5 * (mxx + myy), math.hypot(0.5 * (mxx - myy), mxy)
+    assert g.major_axis_px == 4.0 * math.sqrt(half_sum + root)
+    assert g.minor_axis_px == 4.0 * math.sqrt(max(half_sum - root, 0.0))
+  assert geometry.measure_labels(want_labels) == regions
+  assert geometry.measure(mask) == regions

@@ -85,15 +85,17 @@ def test_confirmed_tracks_choose_before_tentative_and_lost_ones():
   missed for longer, then tentative tracks, whatever the costs say."""
   def live(x, missed, confirmed=True):
     return tracking._Live(tracking._LastPosition(x, 40.0), [], np.ones((9, 9), bool),
-                          (36, int(x) - 4, 45, int(x) + 5), (x, 40.0), 9.0, missed=missed,
+                          (36, int(x) - 4, 45, int(x) + 5), (x, 40.0), 81, 9.0, missed=missed,
                           id=1 if confirmed else None)
   det = tracking.geometry.measure(disc(96, 50, 40, 4))[0]
   shape = disc(96, 50, 40, 4)[det.bbox[0]:det.bbox[2], det.bbox[1]:det.bbox[3]] > 0
   for others in ([live(49.5, missed=3)], [live(50.0, missed=0, confirmed=False)]):
     tracks = [live(44.0, missed=0)] + others  # the other track is nearer the detection
     predictions = [trk.motion.predict() for trk in tracks]
-    assert tracking._assign(tracks, predictions, [det], [shape], 0.5, 15.0) == [(1, 0)]  # costs alone
-    assert tracking._assign_in_cascade(tracks, predictions, [det], [shape], 0.5, 15.0) == {0: 0}
+    overlaps = tracking._overlaps(tracks, predictions, [det], [shape])
+    assert overlaps.min() > 0  # every track's shape overlaps the detection
+    assert tracking._assign(tracks, predictions, [det], overlaps, 0.5, 15.0) == [(1, 0)]  # costs alone
+    assert tracking._assign_in_cascade(tracks, predictions, [det], overlaps, 0.5, 15.0) == {0: 0}
 
 
 def test_a_vessel_that_stops_while_missed_is_found_where_it_was_last_seen():
@@ -196,3 +198,39 @@ def test_phantom_clip_one_track_per_vessel_and_compressibility():
     kind = clip.vessels[ids.pop() - 1]["kind"]
     label = tracking.compressibility(trk).label
     assert label == (tracking.COMPRESSIBLE if kind == "vein" else tracking.NON_COMPRESSIBLE), (kind, label)
+
+
+# ---- The Kalman filter and the per-frame measuring against their references ----
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_kalman_filter_is_filterpys(seed):
+  """The per-axis closed form gives filterpy's KalmanFilter (the same model, Joseph-form update) through
+  observed and missed frames."""
+  from filterpy.kalman import KalmanFilter  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  measurement_std, acceleration_std, speed_std = rng.uniform(0.5, 3.0, size=3)
+  x0, y0 = rng.uniform(0, 256, size=2)
+  ours = tracking._KalmanMotion(x0, y0, measurement_std, acceleration_std, speed_std)
+  kf = KalmanFilter(dim_x=4, dim_z=2)
+  kf.F = np.array([[1, 0, 1, 0], [0, 1, 0, 1], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
+  kf.H = np.array([[1, 0, 0, 0], [0, 1, 0, 0]], dtype=float)
+  kf.R = np.eye(2) * measurement_std**2
+  gain = np.array([[0.5, 0], [0, 0.5], [1, 0], [0, 1]])
+  kf.Q = gain @ gain.T * acceleration_std**2
+  kf.P = np.diag([measurement_std**2] * 2 + [speed_std**2] * 2)
+  kf.x = np.array([[x0], [y0], [0.0], [0.0]])
+  position, velocity = np.array([x0, y0]), rng.normal(0, 3, size=2)
+  for frame in range(60):
+    position = position + velocity
+    velocity = velocity + rng.normal(0, acceleration_std, size=2)
+    kf.predict()
+    np.testing.assert_allclose(ours.predict(), kf.x[:2, 0], rtol=1e-12, atol=1e-9, err_msg=f"frame {frame}")
+    if rng.random() < 0.7:  # observed; otherwise missed (coasting)
+      z = position + rng.normal(0, measurement_std, size=2)
+      kf.update(z.reshape(2, 1))
+      ours.update(*z)
+  np.testing.assert_allclose(ours.position + ours.velocity, kf.x[:, 0], rtol=1e-12, atol=1e-9)
+  np.testing.assert_allclose([ours.a, ours.b, ours.c, ours.a, ours.b, ours.c],
+                             [kf.P[0, 0], kf.P[0, 2], kf.P[2, 2], kf.P[1, 1], kf.P[1, 3], kf.P[3, 3]], rtol=1e-12)
+  assert kf.P[0, 1] == kf.P[0, 3] == kf.P[1, 2] == 0.0  # the axes never mix: the closed form's premise

@@ -62,22 +62,46 @@ def foreground_of(mask: np.ndarray, foreground: Optional[int] = None) -> np.ndar
   if not (mask.dtype == bool or np.issubdtype(mask.dtype, np.integer)):
     raise ValueError(f"a mask holds class labels (bool or integer); got dtype {mask.dtype}. Threshold "
                      f"probabilities first, e.g. mask = probability > 0.5.")
-  return mask > 0 if foreground is None else mask == foreground
+  if foreground is None:
+    return mask if mask.dtype == bool else mask > 0
+  return mask == foreground
 
 
 def label_components(mask: np.ndarray, foreground: Optional[int] = None,
                      connectivity: int = 8) -> Tuple[np.ndarray, int]:
   """scipy.ndimage.label of the foreground with 4- or 8-connectivity (8: a thin oblique sliver stays one)."""
+  labels, count, _ = _label_in_box(mask, foreground, connectivity)
+  return labels, count
+
+
+def _label_in_box(mask: np.ndarray, foreground: Optional[int], connectivity: int):
+  """(labels, count, the foreground's bounding box as slices, or None when there is no foreground).
+
+  Only the box is labelled (vessels fill a few percent of a frame); the labels are those of the whole frame,
+  since cropping keeps the raster order in which scipy numbers the components."""
   if connectivity not in (4, 8):
     raise ValueError(f"connectivity is 4 or 8, got {connectivity}")
   structure = np.ones((3, 3), dtype=bool) if connectivity == 8 else None
-  return ndimage.label(foreground_of(mask, foreground), structure=structure)
+  fg = foreground_of(mask, foreground)
+  labels = np.zeros(fg.shape, dtype=np.int32)
+  rows = np.flatnonzero(fg.any(axis=1))
+  if rows.size == 0:
+    return labels, 0, None
+  cols = np.flatnonzero(fg.any(axis=0))
+  box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+  labels[box], count = ndimage.label(fg[box], structure=structure)
+  return labels, count, box
+
+
+def _mean(values: np.ndarray) -> float:
+  """np.mean's value (the same pairwise sum, divided by the count) without its per-call overhead."""
+  return float(np.add.reduce(values)) / values.size
 
 
 def _moments(x: np.ndarray, y: np.ndarray) -> Tuple[float, float, float]:
   """Major and minor full axis lengths and the major axis' angle of points (x, y)."""
-  dx, dy = x - x.mean(), y - y.mean()
-  mxx, myy, mxy = float(np.mean(dx * dx)), float(np.mean(dy * dy)), float(np.mean(dx * dy))
+  dx, dy = x - _mean(x), y - _mean(y)
+  mxx, myy, mxy = _mean(dx * dx), _mean(dy * dy), _mean(dx * dy)
   half_sum, root = 0.5 * (mxx + myy), math.hypot(0.5 * (mxx - myy), mxy)
   angle = 0.5 * math.atan2(2.0 * mxy, mxx - myy)
   return 4.0 * math.sqrt(half_sum + root), 4.0 * math.sqrt(max(half_sum - root, 0.0)), angle
@@ -85,11 +109,11 @@ def _moments(x: np.ndarray, y: np.ndarray) -> Tuple[float, float, float]:
 
 def _measure_region(label: int, rows: np.ndarray, cols: np.ndarray, bbox, shape,
                     spacing: Optional[Tuple[float, float]]) -> VesselGeometry:
-  """The geometry of one component from its pixels' row and column indices."""
+  """The geometry of one component from its pixels' row and column indices (in raster order)."""
   x, y = cols + 0.5, rows + 0.5
   area = int(rows.size)
   major, minor, angle = _moments(x, y)
-  cx, cy = float(x.mean()), float(y.mean())
+  cx, cy = _mean(x), _mean(y)
   row0, col0, row1, col1 = bbox
   mm = {}
   if spacing is not None:
@@ -108,18 +132,43 @@ def _measure_region(label: int, rows: np.ndarray, cols: np.ndarray, bbox, shape,
 def measure_labels(labels: np.ndarray, pixel_spacing_mm: Spacing = None,
                    min_area_px: int = 1) -> List[VesselGeometry]:
   """Geometry of every labelled region (label > 0) of an integer label image, in label order."""
-  spacing = check_spacing(pixel_spacing_mm)
   labels = np.asarray(labels)
+  return _measure_window(labels, (0, 0), labels.shape, check_spacing(pixel_spacing_mm), min_area_px)
+
+
+def _measure_window(window: np.ndarray, origin: Tuple[int, int], shape: Tuple[int, int],
+                    spacing: Optional[Tuple[float, float]], min_area_px: int) -> List[VesselGeometry]:
+  """`measure_labels` of the regions inside `window`, a part of a label image of `shape` whose top-left pixel
+  is at `origin` (row, col) and which holds every labelled pixel."""
+  # One pass: the labelled pixels, grouped by label (a stable sort keeps each region's pixels in raster
+  # order, so its sums are those of a scan of the region alone).
+  labelled = window > 0
+  flat, values = np.flatnonzero(labelled), window[labelled]
+  order = np.argsort(values, kind="stable")
+  values, flat = values[order], flat[order]
+  rows, cols = np.divmod(flat, window.shape[1])
+  rows, cols = rows + origin[0], cols + origin[1]
+  starts = [0] + (np.flatnonzero(values[1:] != values[:-1]) + 1).tolist() if values.size else []
   regions = []
-  for index, box in enumerate(ndimage.find_objects(labels)):
-    if box is None:
+  for start, end in zip(starts, starts[1:] + [values.size]):
+    if end - start < max(min_area_px, 1):
       continue
-    rows, cols = np.nonzero(labels[box] == index + 1)
-    if rows.size < max(min_area_px, 1):
-      continue
-    bbox = (box[0].start, box[1].start, box[0].stop, box[1].stop)
-    regions.append(_measure_region(index + 1, rows + bbox[0], cols + bbox[1], bbox, labels.shape, spacing))
+    region_rows, region_cols = rows[start:end], cols[start:end]
+    bbox = (int(region_rows[0]), int(region_cols.min()), int(region_rows[-1]) + 1, int(region_cols.max()) + 1)
+    regions.append(_measure_region(int(values[start]), region_rows, region_cols, bbox, shape, spacing))
   return regions
+
+
+def label_and_measure(mask: np.ndarray, pixel_spacing_mm: Spacing = None, *, foreground: Optional[int] = None,
+                      connectivity: int = 8, min_area_px: int = 1) -> Tuple[np.ndarray, List[VesselGeometry]]:
+  """`label_components` and `measure_labels` of its labels in one: (labels, geometry of each component).
+
+  The measuring reads only the foreground's bounding box (what a tracker calls on every frame)."""
+  spacing = check_spacing(pixel_spacing_mm)
+  labels, _, box = _label_in_box(mask, foreground, connectivity)
+  if box is None:
+    return labels, []
+  return labels, _measure_window(labels[box], (box[0].start, box[1].start), labels.shape, spacing, min_area_px)
 
 
 def measure(mask: np.ndarray, pixel_spacing_mm: Spacing = None, *, foreground: Optional[int] = None,
@@ -128,9 +177,8 @@ def measure(mask: np.ndarray, pixel_spacing_mm: Spacing = None, *, foreground: O
 
   Components smaller than min_area_px are left out. An empty mask gives an empty list.
   """
-  check_spacing(pixel_spacing_mm)
-  labels, _ = label_components(mask, foreground, connectivity)
-  return measure_labels(labels, pixel_spacing_mm, min_area_px)
+  return label_and_measure(mask, pixel_spacing_mm, foreground=foreground, connectivity=connectivity,
+                           min_area_px=min_area_px)[1]
 
 
 def measure_instances(instances: np.ndarray, pixel_spacing_mm: Spacing = None) -> Dict[int, VesselGeometry]:
