@@ -303,3 +303,17 @@ def test_learning_rate_schedules(phantom_data_dir):
   assert float(lr(0)) == 0.0 and float(lr(10)) == pytest.approx(config.learning_rate)
   assert float(lr(30)) == pytest.approx(0.0, abs=1e-9)
   assert float(lr(20)) == pytest.approx(config.learning_rate / 2, rel=1e-3)
+
+
+def test_equal_models_share_one_compiled_initialisation():
+  """Two runs of one config in a process (a resume, a compare runner, this suite) compile the model's
+  initialisation once: the model is a static argument, and equal configs build equal (hashable) modules."""
+  config = tiny_config("/unused", model="ultralight_unet", image_size=96)  # initialised by no other test
+  compiled = steps._initialize._cache_size()
+  first = steps.init_variables(steps.create_model(config), config, jax.random.key(0))
+  assert steps._initialize._cache_size() == compiled + 1
+  again = steps.init_variables(steps.create_model(config), config, jax.random.key(0))  # another, equal module
+  other_seed = steps.init_variables(steps.create_model(config), config, jax.random.key(1))
+  assert steps._initialize._cache_size() == compiled + 1
+  jax.tree.map(np.testing.assert_array_equal, first, again)
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(other_seed)))

@@ -115,10 +115,18 @@ def create_optimizer(config: ml_collections.ConfigDict, learning_rate_fn: optax.
   return tx
 
 
+# The model is a static argument: equal modules (the same config) share one compiled initialisation per
+# process (seconds each: every parameter's random initialiser is its own piece of the program), e.g. a
+# compare or recipe runner's runs, a resumed run, or the test suite's many tiny runs.
+@functools.partial(jax.jit, static_argnums=0)
+def _initialize(model: flax.linen.Module, rng: jax.Array, inputs: jax.Array) -> dict:
+  return model.init(rng, inputs, train=False)
+
+
 def init_variables(model: flax.linen.Module, config, rng: jax.Array) -> dict:
   """{'params', 'batch_stats'} of a freshly initialised model."""
   shape = (1, config.image_size, config.image_size, config.in_channels)
-  variables = jax.jit(functools.partial(model.init, train=False))(rng, jnp.zeros(shape))
+  variables = _initialize(model, rng, jnp.zeros(shape))
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
