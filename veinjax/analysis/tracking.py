@@ -7,10 +7,10 @@ pass a vessel mask (e.g. `instances > 0` of a phantom clip, or a multi-class mas
 Per frame: each live track predicts its centroid with a constant-velocity Kalman filter (state x, y, vx, vy;
 filterpy's KalmanFilter equations, written out per axis for speed and tested equal to filterpy's). Detections
 that are pieces of one confirmed track's vessel (a lumen flattened under compression breaks a mask) are
-joined into one. Detections are then assigned
-to tracks by the Hungarian algorithm (scipy.optimize.linear_sum_assignment) on a cost mixing centroid
-distance (to the nearer of the prediction and the last observed centroid) and the overlap (IoU) of the
-track's last shape, moved to the prediction, with the detection, in turns (DeepSORT's matching cascade):
+joined into one. Detections are then assigned to tracks by the Hungarian algorithm
+(scipy.optimize.linear_sum_assignment) on a cost mixing centroid distance (to the nearer of the prediction
+and the last observed centroid) and the overlap (IoU) of the track's last shape, moved to the prediction,
+with the detection, in turns (DeepSORT's matching cascade):
 confirmed tracks seen in the previous frame first, then those missed for longer, then tentative tracks. A
 pair is allowed when the shapes overlap or the centroid lies within the gate (max(max_distance_px, the
 track's largest equivalent diameter)).
@@ -74,7 +74,7 @@ class _KalmanMotion:
   R = measurement_std^2 I, Q = G G^T acceleration_std^2 with G = [0.5 I, I], and its Joseph-form update. With
   these F, H, R, Q and a diagonal initial P, the two axes never mix: each is a 2-state filter (position,
   velocity) with covariance [[a, b], [b, c]], written out below. The same numbers as filterpy's filter
-  (tests/tracking_test.py holds it to filterpy's to 1e-9) at a few microseconds per call instead of
+  (tests/tracking_test.py holds it to filterpy's to 1e-12 relative) at a few microseconds per call instead of
   60-80 (its generic matrix code and 4x4 inverse were a quarter of the tracker's time per frame).
   """
 
