@@ -194,9 +194,10 @@ def _assign(live: List[_Live], predictions, detections, overlaps: Optional[np.nd
     for j, det in enumerate(detections):
       distance = min(math.hypot(det.centroid_x_px - px, det.centroid_y_px - py),
                      math.hypot(det.centroid_x_px - lx, det.centroid_y_px - ly))
-      # IoU of the track's last shape, moved by its predicted displacement (whole pixels), with the detection.
-      shared = int(overlaps[i, j]) if overlap_weight > 0 else 0
-      iou = shared / (trk.area + det.area_px - shared) if overlap_weight > 0 else 0.0
+      iou = 0.0
+      if overlap_weight > 0:  # of the track's last shape, moved by its predicted displacement, with the detection
+        shared = int(overlaps[i, j])
+        iou = shared / (trk.area + det.area_px - shared)
       if iou > 0 or distance <= gate:
         cost[i, j] = overlap_weight * (1.0 - iou) + (1.0 - overlap_weight) * min(distance / gate, 1.0)
   rows, cols = linear_sum_assignment(cost)
@@ -263,7 +264,8 @@ def _shapes(labels: np.ndarray, detections) -> List[np.ndarray]:
 def _observe(trk: _Live, frame: int, det: geometry.VesselGeometry, shape: np.ndarray) -> None:
   trk.motion.update(det.centroid_x_px, det.centroid_y_px)
   trk.points.append(TrackPoint(frame, det.centroid_x_px, det.centroid_y_px, False, det))
-  trk.shape, trk.bbox, trk.centroid, trk.area = shape, det.bbox, (det.centroid_x_px, det.centroid_y_px), det.area_px
+  trk.shape, trk.bbox, trk.area = shape, det.bbox, det.area_px
+  trk.centroid = (det.centroid_x_px, det.centroid_y_px)
   trk.max_diameter = max(trk.max_diameter, det.equivalent_diameter_px)
   trk.hits, trk.missed = trk.hits + 1, 0
 
