@@ -1,15 +1,18 @@
-"""Training interrupted from outside, in fresh processes at full XLA optimisation (no test-only flags):
-SIGTERM (preemption) and kill -9, each resumed to the end and compared bit for bit with an uninterrupted
-run of the same command.
+"""Training interrupted from outside, in fresh processes at full XLA optimisation (no test-only flags): SIGTERM
+(preemption), then kill -9 inside a checkpoint write, then resumed to the end and compared bit for bit with an
+uninterrupted run of the same command.
 
 Every run is `python train.py` in a subprocess on a tiny phantom config written to a file, so the compiled
-code is what a user gets (the in-process tests run with `jax_disable_most_optimizations`). The processes share
-one persistent compilation cache (JAX_COMPILATION_CACHE_DIR, as a user restarting after a preemption would):
-the later ones load the executables the first compiled instead of compiling them again, the same code.
+code is what a user gets (the in-process tests run with `jax_disable_most_optimizations`). The interrupted
+runs' processes share one persistent compilation cache (JAX_COMPILATION_CACHE_DIR, as a user restarting after
+a preemption would): the later ones load the executables the first compiled, the same code. The
+uninterrupted reference starts once the first interrupted process has run its first step, on a copy of that
+cache (so no two processes write one cache), and trains beside the interrupted processes on the other core.
 """
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,10 +23,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT
+from tests.conftest import tiny_config
+from veinjax import checkpoint
 from veinjax import inference
 from veinjax import workdir as workdir_lib
 
-NUM_EPOCHS, STEPS_PER_EPOCH = 6, 4  # 10 phantom frames, 2 for validation, batch 2
+NUM_EPOCHS, STEPS_PER_EPOCH = 2, 4  # 10 phantom frames, 2 for validation, batch 2
 _CONFIG = """
 import sys
 sys.path.insert(0, {root!r})
@@ -33,16 +38,24 @@ def get_config():
   return tiny_config({data_dir!r}, num_epochs={epochs}, checkpoint_every_steps=1, log_every_steps=1)
 """
 _TIMING = ("images_per_sec", "train_seconds", "eval_seconds")
+_ORBAX_TMP = checkpoint._ORBAX_TMP  # pylint: disable=protected-access
+_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory, phantom_data_dir):
+  """The config file; the phantom is generated here first, so runs that start together never race to."""
+  from veinjax.data import sources  # pylint: disable=g-import-not-at-top
+  config = tiny_config(phantom_data_dir)
+  assert [sources.num_examples(config, split) for split in ("train", "test")] == [8, 4]  # 2 of 10 validate
   path = tmp_path_factory.mktemp("interruption") / "tiny_config.py"
   path.write_text(_CONFIG.format(root=str(ROOT), data_dir=phantom_data_dir, epochs=NUM_EPOCHS))
   return str(path)
 
 
-def _cache_dir(config_file):
+@pytest.fixture(scope="module")
+def shared_cache(config_file):
+  """The compilation cache of the interrupted runs' processes."""
   return os.path.join(os.path.dirname(config_file), "xla_cache")
 
 
@@ -50,33 +63,111 @@ def _command(config_file, workdir):
   return [sys.executable, str(ROOT / "train.py"), f"--config={config_file}", f"--workdir={workdir}"]
 
 
-def _env(config_file):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_COMPILATION_CACHE_DIR=_cache_dir(config_file),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+def _env(cache_dir):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_COMPILATION_CACHE_DIR=cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+             # jax's default puts the cache's own path in the compile options (a GPU autotuning cache beside
+             # it), so a copied cache would miss on every key; this CPU run uses none of XLA's extra caches.
+             JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES="none")
   env.pop("XLA_FLAGS", None)
   return env
 
 
-def _train(config_file, workdir):
-  result = subprocess.run(_command(config_file, workdir), capture_output=True, text=True, env=_env(config_file),
-                          cwd=str(ROOT), timeout=600, check=False)
+def _start(config_file, workdir, cache_dir, log_path=None):
+  """`train.py` started in the background; its log goes to `log_path`, or to a pipe that the caller reads."""
+  stderr = open(log_path, "w") if log_path else subprocess.PIPE  # pylint: disable=consider-using-with
+  try:
+    return subprocess.Popen(_command(config_file, workdir), stderr=stderr, stdout=subprocess.DEVNULL, text=True,
+                            env=_env(cache_dir), cwd=str(ROOT))
+  finally:
+    if log_path:
+      stderr.close()
+
+
+class _Uninterrupted:
+  """The uninterrupted run of the same command, trained in the background beside an interrupted one."""
+
+  def __init__(self, config_file, root):
+    self._config_file, self._root = config_file, root
+    self.workdir, self._log = str(root / "workdir"), str(root / "train.log")
+    self._process = None
+
+  def start(self, compiled_cache):
+    """Starts it (once) on a copy of `compiled_cache`, once the interrupted run's first step ran: it loads
+    what that run compiled so far, and no other process writes its cache."""
+    if self._process is None:
+      cache_dir = str(self._root / "xla_cache")
+      shutil.copytree(compiled_cache, cache_dir)
+      self._process = _start(self._config_file, self.workdir, cache_dir, self._log)
+
+  def finished(self):
+    """Its workdir, once it has finished."""
+    assert self._process is not None, "start() it first"
+    code = self._process.wait(timeout=_TIMEOUT_S)
+    assert code == 0, open(self._log).read()[-3000:]
+    return self.workdir
+
+  def stop(self):
+    if self._process is not None and self._process.poll() is None:
+      self._process.kill()
+      self._process.wait()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(config_file, tmp_path_factory):
+  reference = _Uninterrupted(config_file, tmp_path_factory.mktemp("uninterrupted"))
+  yield reference
+  reference.stop()
+
+
+def _train(config_file, workdir, cache_dir):
+  result = subprocess.run(_command(config_file, workdir), capture_output=True, text=True, env=_env(cache_dir),
+                          cwd=str(ROOT), timeout=_TIMEOUT_S, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stderr
 
 
-def _start_and_signal(config_file, workdir, signum, delay_s):
-  """Starts training, sends `signum` `delay_s` after its first step ran; returns (returncode, log)."""
-  process = subprocess.Popen(_command(config_file, workdir), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                             text=True, env=_env(config_file), cwd=str(ROOT))
-  log = []
+def _read_until_first_step(process, log):
   for line in process.stderr:
     log.append(line)
     if "Compiled and ran the first step" in line:
-      time.sleep(delay_s)
-      process.send_signal(signum)
-      break
+      return
+  raise AssertionError("training ended before its first step:\n" + "".join(log)[-3000:])
+
+
+def _writes_in_progress(workdir):
+  """The steps whose checkpoint is being written (orbax's temporary directories)."""
+  directory = os.path.join(workdir, "checkpoints")
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return [int(name.split(".")[0]) for name in names if _ORBAX_TMP in name]
+
+
+def _kill_9_inside_a_checkpoint_write(config_file, workdir, cache_dir, delay_s):
+  """Starts training and, `delay_s` after its first step ran, kills it (-9) as soon as a checkpoint is being
+  written. Returns (returncode, log, the interrupted writes' steps)."""
+  process = _start(config_file, workdir, cache_dir)
+  log = []
+  _read_until_first_step(process, log)
+  time.sleep(delay_s)
+  deadline = time.time() + _TIMEOUT_S
+  while not _writes_in_progress(workdir) and process.poll() is None and time.time() < deadline:
+    time.sleep(0.002)
+  process.kill()
   log += process.stderr.readlines()
-  return process.wait(timeout=600), "".join(log)
+  return process.wait(timeout=_TIMEOUT_S), "".join(log), _writes_in_progress(workdir)
+
+
+def _sigterm_after_first_step(config_file, workdir, cache_dir, delay_s, after_first_step):
+  """Starts training, calls `after_first_step()` once its first step ran, sends SIGTERM `delay_s` later;
+  returns (returncode, log)."""
+  process = _start(config_file, workdir, cache_dir)
+  log = []
+  _read_until_first_step(process, log)
+  after_first_step()
+  time.sleep(delay_s)
+  process.send_signal(signal.SIGTERM)
+  log += process.stderr.readlines()
+  return process.wait(timeout=_TIMEOUT_S), "".join(log)
 
 
 def _final_params(workdir):
@@ -88,14 +179,6 @@ def _history(workdir):
   return [{k: v for k, v in r.items() if k not in _TIMING} for r in workdir_lib.read_history(workdir)]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(config_file, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-  _train(config_file, workdir)
-  assert os.listdir(_cache_dir(config_file)), "the first run wrote no compiled executable to the shared cache"
-  return workdir
-
-
 def _assert_same_run(workdir, reference):
   history = _history(workdir)
   assert [r["step"] for r in history] == [STEPS_PER_EPOCH * (e + 1) for e in range(NUM_EPOCHS)]  # each once
@@ -103,16 +186,31 @@ def _assert_same_run(workdir, reference):
   jax.tree.map(np.testing.assert_array_equal, _final_params(workdir), _final_params(reference))
 
 
-def test_sigterm_then_kill_9_then_resume_equals_the_uninterrupted_run(config_file, uninterrupted, tmp_path):
-  """SIGTERM: a checkpoint, exit 0, a log line. Then kill -9 at a random moment of the resumed run (with a
-  checkpoint every step, a kill often lands inside an asynchronous checkpoint write). Then a resume to the
-  end: every history record once, metrics and parameters bit for bit those of the uninterrupted run."""
+def test_sigterm_then_kill_9_in_a_checkpoint_write_then_resume_equals_the_uninterrupted_run(
+    config_file, shared_cache, uninterrupted, tmp_path):
+  """SIGTERM (a preemption): the step in flight finishes, a checkpoint is written, a log line says so and the
+  process exits 0. The next start resumes from that step and is killed (-9) while it writes a checkpoint
+  (every step writes one): the partial write is removed and the third start resumes from the checkpoint
+  before it. The run ends with every history record once, metrics and parameters bit for bit those of the
+  uninterrupted run, which trains beside them."""
   workdir = str(tmp_path / "interrupted")
-  code, log = _start_and_signal(config_file, workdir, signal.SIGTERM, delay_s=1.0)
+  code, log = _sigterm_after_first_step(config_file, workdir, shared_cache, 1.0,
+                                        lambda: uninterrupted.start(shared_cache))
   assert code == 0, log[-3000:]
   assert "SIGTERM received" in log and "Preempted at step" in log, log[-3000:]
-  assert len(_history(workdir)) < NUM_EPOCHS  # it stopped early
-  code, log = _start_and_signal(config_file, workdir, signal.SIGKILL, delay_s=random.Random(0).uniform(0.2, 2.0))
+  preempted_step = int(log.split("Preempted at step")[1].split()[0].strip(".,:;"))
+  assert 0 < preempted_step < NUM_EPOCHS * STEPS_PER_EPOCH - 1
+  assert os.listdir(shared_cache), "the first run wrote no compiled executable to the shared cache"
+
+  code, log, interrupted = _kill_9_inside_a_checkpoint_write(config_file, workdir, shared_cache,
+                                                             delay_s=random.Random(0).uniform(0.0, 1.0))
   assert code == -signal.SIGKILL, log[-3000:]
-  _train(config_file, workdir)
-  _assert_same_run(workdir, uninterrupted)
+  assert f"at step {preempted_step} " in log, log[-3000:]  # resumed from the preemption's checkpoint
+  assert interrupted, "the kill landed outside a checkpoint write:\n" + log[-3000:]
+
+  log = _train(config_file, workdir, shared_cache)
+  resumed_step = max(interrupted) - 1
+  assert f"Resuming from {os.path.join(workdir, 'checkpoints', str(resumed_step))} at step {resumed_step} " in log, \
+      log[-3000:]
+  assert not _writes_in_progress(workdir)
+  _assert_same_run(workdir, uninterrupted.finished())
