@@ -137,7 +137,7 @@ def _read_until_first_step(process, log):
 
 def _writes_in_progress(workdir):
   """The steps whose checkpoint is being written (orbax's temporary directories)."""
-  directory = os.path.join(workdir, "checkpoints")
+  directory = os.path.join(workdir, checkpoint.LATEST_DIR)
   names = os.listdir(directory) if os.path.isdir(directory) else []
   return [int(name.split(".")[0]) for name in names if _ORBAX_TMP in name]
 
@@ -210,7 +210,7 @@ def test_sigterm_then_kill_9_in_a_checkpoint_write_then_resume_equals_the_uninte
 
   log = _train(config_file, workdir, shared_cache)
   resumed_step = max(interrupted) - 1
-  assert f"Resuming from {os.path.join(workdir, 'checkpoints', str(resumed_step))} at step {resumed_step} " in log, \
+  assert f"Resuming from {os.path.join(workdir, checkpoint.LATEST_DIR, str(resumed_step))} at step {resumed_step} " in log, \
       log[-3000:]
   assert not _writes_in_progress(workdir)
   _assert_same_run(workdir, uninterrupted.finished())
