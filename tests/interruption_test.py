@@ -210,7 +210,7 @@ def test_sigterm_then_kill_9_in_a_checkpoint_write_then_resume_equals_the_uninte
 
   log = _train(config_file, workdir, shared_cache)
   resumed_step = max(interrupted) - 1
-  assert f"Resuming from {os.path.join(workdir, checkpoint.LATEST_DIR, str(resumed_step))} at step {resumed_step} " in log, \
-      log[-3000:]
+  resumed_from = os.path.join(workdir, checkpoint.LATEST_DIR, str(resumed_step))
+  assert f"Resuming from {resumed_from} at step {resumed_step} " in log, log[-3000:]
   assert not _writes_in_progress(workdir)
   _assert_same_run(workdir, uninterrupted.finished())
