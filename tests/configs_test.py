@@ -5,10 +5,14 @@ import pathlib
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 import veinjax
 from veinjax import config_checks
+from veinjax import models
+from veinjax import steps
+from veinjax import workdir
 
 from conftest import ROOT, load_config
 
@@ -43,6 +47,27 @@ def test_model_configs_override_only_the_model(name):
   changed = {k for k in default if default[k] != config[k]}
   assert config["model"] == name
   assert changed <= {"model", "encoder"}, changed
+
+
+def test_unet_widths_reach_the_model_the_fingerprint_and_a_config_json():
+  config = load_config("unet")
+  assert tuple(config.unet_widths) == models.UNET_WIDTHS  # the original U-Net by default
+  config.unet_widths = (8, 16)
+  model = steps.create_model(config)
+  assert tuple(model.widths) == (8, 16)
+  assert steps.fingerprint(config)["unet_widths"] == [8, 16]  # a checkpoint of another U-Net is refused
+  assert "unet_widths" not in steps.fingerprint(load_config("default"))  # only unet has them
+  stored = workdir.config_json(config)  # what inference, export and init_from read back: lists
+  assert steps.create_model(ml_collections.ConfigDict(stored)) == model
+  del stored["unet_widths"]  # a config.json written before the field: the original U-Net
+  assert tuple(steps.create_model(ml_collections.ConfigDict(stored)).widths) == models.UNET_WIDTHS
+
+
+def test_bad_unet_widths_name_the_flag():
+  config = load_config("unet")
+  config.unet_widths = (8, 0)
+  with pytest.raises(ValueError, match=r"unet_widths must be 1 to 6 positive integers.*--config.unet_widths"):
+    config_checks.validate_config(config)
 
 
 def _run(script, *args, cwd):

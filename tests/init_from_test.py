@@ -319,6 +319,9 @@ def test_bad_flags_name_the_flag_and_the_path(trained, weights_file, tmp_path):
   untrained = tmp_path / "untrained"
   untrained.mkdir()
   workdir_lib.write_config(str(untrained), source_config)
+  narrow_unet = tmp_path / "narrow_unet"  # a U-Net run of other widths: another network
+  narrow_unet.mkdir()
+  workdir_lib.write_config(str(narrow_unet), tiny_config(data_dir, model="unet", unet_widths=(8, 16)))
   cases = [
       (dict(encoder_weights=missing), FileNotFoundError, rf"--config\.encoder_weights={missing}: no such file"),
       (dict(encoder_weights=str(pth)), pretrained.WeightsError,
@@ -332,6 +335,8 @@ def test_bad_flags_name_the_flag_and_the_path(trained, weights_file, tmp_path):
        r"--config\.init_from=.*untrained has no best checkpoint"),
       (dict(init_from=source_dir, encoder="resnet34"), ValueError,
        r"--config\.init_from=.* another network \(encoder: 'resnet18' there, 'resnet34' here\)"),
+      (dict(init_from=str(narrow_unet), model="unet", unet_widths=(8, 32)), ValueError,
+       r"--config\.init_from=.* another network \(unet_widths: \[8, 16\] there, \[8, 32\] here\)"),
   ]
   for overrides, error, message in cases:
     workdir = tmp_path / f"run_{len(os.listdir(tmp_path))}"

@@ -287,6 +287,34 @@ def test_bad_num_classes(num_classes):
     models.create_model("unet", num_classes=num_classes)
 
 
+def test_unet_widths_narrow_and_shorten_the_unet():
+  """(8, 16): two stages, one pooling, one up-block; parameters by hand: down0 1*9*8 + 8*9*8, down1 8*9*16
+  + 16*9*16, up1 16*4*8 (up-conv, no bias) + 16*9*8 + 8*9*8, BN scale and bias 2*(8+8+16+16+8+8), head 8+1."""
+  model = models.create_model("unet", unet_widths=(8, 16))
+  shapes = _init_shapes(model, (1, 32, 32, 1))
+  assert sorted(shapes["params"]) == ["encoder", "head", "up1"]
+  assert sorted(shapes["params"]["encoder"]) == ["down0_conv1", "down0_conv2", "down1_conv1", "down1_conv2"]
+  by_hand = 72 + 576 + 1152 + 2304 + 512 + 1152 + 576 + 2 * (8 + 8 + 16 + 16 + 8 + 8) + 9
+  assert models.count_params(shapes["params"]) == by_hand == 6481
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+  logits = jax.jit(functools.partial(model.apply, train=False))(variables, jnp.ones((2, 32, 64, 1)))
+  assert logits.shape == (2, 32, 64, 1) and bool(jnp.all(jnp.isfinite(logits)))
+  # The default is the original's: the same network as without the argument.
+  default = _init_shapes(models.create_model("unet", unet_widths=models.UNET_WIDTHS), (1, 32, 32, 1))
+  assert models.count_params(default["params"]) == PINNED_PARAMS[("unet", None)]
+
+
+@pytest.mark.parametrize("widths", [(), (8, 0), (8.5,), (8, 16, 32, 64, 128, 256, 512), "16,32", (True,)])
+def test_bad_unet_widths_name_the_rule(widths):
+  with pytest.raises(ValueError, match=r"unet_widths must be 1 to 6 positive integers.*got"):
+    models.create_model("unet", unet_widths=widths)
+
+
+def test_unet_widths_on_another_model_is_an_error():
+  with pytest.raises(ValueError, match=r"unet_widths applies only to model 'unet', not 'fcn8s'"):
+    models.create_model("fcn8s", unet_widths=(8, 16))
+
+
 def test_encoder_kwarg_changes_the_encoder():
   shapes = _init_shapes(models.create_model("resnet34_unet", encoder="resnet50"), (1, 32, 32, 1))
   assert "conv3" in shapes["params"]["encoder"]["layer1_0"]  # A Bottleneck block.

@@ -46,7 +46,8 @@ from veinjax.models import resnet
 INIT_SCOPES = ("all", "encoder")
 INIT_CHECKPOINTS = checkpoint_lib.CHECKPOINT_CHOICES  # best, latest
 # The fingerprint fields an init_from source must share (num_classes may differ: the head is re-initialised).
-_SHARED_WITH_SOURCE = ("model", "encoder", "in_channels")
+# unet_widths: `unet` runs only (the fingerprint has it for them).
+_SHARED_WITH_SOURCE = ("model", "encoder", "unet_widths", "in_channels")
 # The subtree of params and batch_stats that init_from_scope=encoder copies (every model names it so).
 ENCODER_MODULE = "encoder"
 
@@ -112,7 +113,8 @@ def _source_config(config) -> ml_collections.ConfigDict:
                             "train.py workdir.")
   source = workdir_lib.load_config(init_from)
   theirs, ours = steps.fingerprint(source), steps.fingerprint(config)
-  differ = [f"{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in _SHARED_WITH_SOURCE if theirs[k] != ours[k]]
+  differ = [f"{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in _SHARED_WITH_SOURCE
+            if k in ours and theirs.get(k) != ours[k]]
   if differ:
     raise ValueError(
         f"--config.init_from={init_from} is a run of another network ({'; '.join(differ)}); init_from needs "

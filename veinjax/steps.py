@@ -65,6 +65,8 @@ def create_model(config: ml_collections.ConfigDict, bn_axis_name: str | None = N
   # Models with a fixed encoder (unet, fcn8s) reject any other value; the encoder field is for the others.
   if config.model not in models.FIXED_ENCODERS:
     kwargs["encoder"] = config.encoder
+  if config.model == "unet":
+    kwargs["unet_widths"] = unet_widths(config)
   try:
     return models.create_model(config.model, num_classes=config.num_classes,
                                dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
@@ -72,17 +74,29 @@ def create_model(config: ml_collections.ConfigDict, bn_axis_name: str | None = N
                                model_init=model_init, **kwargs)
   except ValueError as e:
     flags = "--config.model / --config.encoder / --config.num_classes"
+    if config.model == "unet":
+      flags += " / --config.unet_widths"
     if model_init != "veinjax":
       flags += " / --config.model_init"
     raise ValueError(f"{e} ({flags})") from None
 
 
+def unet_widths(config: ml_collections.ConfigDict) -> tuple:
+  """`unet`'s stage widths; the original's for a config.json written before the field existed. (A tuple: a
+  config read back from JSON has a list.)"""
+  widths = config.get("unet_widths", models.UNET_WIDTHS)
+  return tuple(widths) if isinstance(widths, (list, tuple)) else widths
+
+
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
   """What a checkpoint must share with a config to be restored into its model (the optimizer is checked by
   restoring its state: see `veinjax.checkpoint`)."""
-  return {"model": config.model,
-          "encoder": None if config.model in models.FIXED_ENCODERS else config.encoder,
-          "num_classes": int(config.num_classes), "in_channels": int(config.in_channels)}
+  result = {"model": config.model,
+            "encoder": None if config.model in models.FIXED_ENCODERS else config.encoder,
+            "num_classes": int(config.num_classes), "in_channels": int(config.in_channels)}
+  if config.model == "unet":  # a list: what the checkpoint's JSON metadata reads back
+    result["unet_widths"] = list(unet_widths(config))
+  return result
 
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:

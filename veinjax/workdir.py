@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from veinjax import files
+from veinjax.models import unet
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.jsonl"
@@ -35,10 +36,12 @@ HISTORY_FILE = "history.jsonl"
 # Fields added to the config after runs were recorded, with the value that trains as those runs did: a
 # recorded config without one compares as if it had this value, so older runs stay comparable (resume,
 # compare). dataset.high_bit_depth "auto" reads 16-bit data as before unless a PNG has an sBIT chunk;
-# bn_running_variance "biased" and model_init "veinjax" are flax's BatchNorm and veinjax's init, as before.
+# bn_running_variance "biased" and model_init "veinjax" are flax's BatchNorm and veinjax's init, as before;
+# unet_widths the original U-Net's.
 ADDED_FIELDS = {"encoder_weights": "", "init_from": "", "init_from_checkpoint": "best", "init_from_scope": "all",
                 "input_mean": [], "input_std": [], "dataset.high_bit_depth": "auto", "dataset.group_pattern": "",
-                "final_fit": False, "bn_running_variance": "biased", "model_init": "veinjax"}
+                "final_fit": False, "bn_running_variance": "biased", "model_init": "veinjax",
+                "unet_widths": list(unet.UNET_WIDTHS)}
 
 
 def to_jsonable(value):

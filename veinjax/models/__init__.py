@@ -10,7 +10,8 @@
 | name              | default `encoder`   | architecture                                                    |
 |-------------------|---------------------|-----------------------------------------------------------------|
 | `resnet34_unet`   | resnet34            | the paper's model: the U-Net decoder of smp `Unet` on `encoder` |
-| `unet`            | (its own)           | original U-Net (Ronneberger 2015), same padding, BatchNorm      |
+| `unet`            | (its own)           | original U-Net (Ronneberger 2015), same padding, BatchNorm;     |
+|                   |                     | `unet_widths` sets its stages (default 64-128-256-512-1024)     |
 | `fcn8s`           | (its own: VGG-16)   | FCN-8s (Long 2015) on VGG-16 with BatchNorm                     |
 | `deeplabv3plus`   | resnet34            | DeepLab v3+ (Chen 2018) on `encoder`, output stride 16          |
 | `encoder_unet`    | resnet34            | the same U-Net decoder on any `encoder`, under an honest name:  |
@@ -33,6 +34,7 @@ Models import without TensorFlow.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import functools
 import numbers
 from typing import Any
@@ -72,6 +74,10 @@ DEFAULT_ENCODERS = {name: DEFAULT_ENCODER for name in _ENCODER_MODELS} | {"light
 MODEL_INITS = ("veinjax", "smp")
 SMP_INIT_MODELS = ("resnet34_unet", "encoder_unet")
 SMP_INIT_ENCODERS = tuple(resnet.RESNET_ENCODERS)
+# The original U-Net's contracting stages; `unet_widths` narrows it (e.g. 16-32-64-128-256, a common light
+# U-Net) or makes it shallower (fewer stages, fewer poolings). At most 6 stages: inputs are divisible by 32.
+UNET_WIDTHS = unet.UNET_WIDTHS
+MAX_UNET_STAGES = 6
 # Those encoders with smp's from-scratch stem (built once, so that two such models compare equal).
 _SMP_ENCODERS = {name: functools.partial(factory, stem_kernel_init=layers.smp_stem_kernel_init)
                  for name, factory in resnet.RESNET_ENCODERS.items()}
@@ -83,9 +89,11 @@ __all__ = [
     "ENCODER_NAMES",
     "FIXED_ENCODERS",
     "MODEL_INITS",
+    "MAX_UNET_STAGES",
     "MODEL_NAMES",
     "SMP_INIT_ENCODERS",
     "SMP_INIT_MODELS",
+    "UNET_WIDTHS",
     "check_input_size",
     "count_params",
     "create_model",
@@ -101,6 +109,7 @@ def create_model(
     bn_axis_name: str | None = None,
     bn_running_variance: str = "biased",
     model_init: str = "veinjax",
+    unet_widths: Sequence[int] | None = None,
 ) -> nn.Module:
   """Builds a segmentation model by name.
 
@@ -121,6 +130,8 @@ def create_model(
       (segmentation_models_pytorch's: decoder convs kaiming-uniform on fan-in, head xavier-uniform, a
       stem for other than 3 input channels PyTorch's default conv init; the rest of the encoder
       torchvision's, as veinjax's), for `SMP_INIT_MODELS` on `SMP_INIT_ENCODERS` only.
+    unet_widths: `unet` only: the channels of its contracting stages, one to `MAX_UNET_STAGES` positive
+      integers (None: `UNET_WIDTHS`, the original's). The expansive path mirrors them.
 
   Returns:
     An unbound flax.linen.Module; call `init(key, x, train=False)` / `apply(variables, x, train=...)`.
@@ -128,7 +139,8 @@ def create_model(
   Raises:
     ValueError: unknown name, encoder, bn_running_variance or model_init (the message lists the valid
       choices), an encoder given to a model with a fixed encoder, num_classes < 1, or model_init="smp"
-      for a model it is not defined for.
+      for a model it is not defined for, unet_widths for another model than `unet` or not 1 to
+      `MAX_UNET_STAGES` positive integers.
   """
   if name not in MODEL_NAMES:
     raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODEL_NAMES)}")
@@ -151,11 +163,13 @@ def create_model(
         f"model_init='smp' is segmentation_models_pytorch's initialisation of its Unet on a ResNet, defined "
         f"for models {', '.join(SMP_INIT_MODELS)} with encoders {', '.join(SMP_INIT_ENCODERS)}; got {got}. "
         "Use model_init='veinjax' for this model.")
+  if unet_widths is not None:
+    _check_unet_widths(name, unet_widths)
   dtype = jnp.dtype(dtype)
   common = dict(num_classes=int(num_classes), dtype=dtype, bn_axis_name=bn_axis_name,
                 bn_running_variance=bn_running_variance)
   if name == "unet":
-    return unet.UNet(**common)
+    return unet.UNet(widths=tuple(int(w) for w in unet_widths or UNET_WIDTHS), **common)
   if name == "fcn8s":
     return fcn.FCN8s(**common)
   if name == "ultralight_unet":
@@ -170,3 +184,13 @@ def create_model(
   if name == "light_unet":
     return light_decoder.LightUNet(encoder=encoder_cls, **common)
   return deeplab.DeepLabV3Plus(encoder=encoder_cls, **common)
+
+
+def _check_unet_widths(name: str, widths) -> None:
+  if name != "unet":
+    raise ValueError(f"unet_widths applies only to model 'unet', not {name!r}")
+  ok = (isinstance(widths, Sequence) and not isinstance(widths, str) and 1 <= len(widths) <= MAX_UNET_STAGES
+        and all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1 for w in widths))
+  if not ok:
+    raise ValueError(f"unet_widths must be 1 to {MAX_UNET_STAGES} positive integers, the channels of each "
+                     f"contracting stage (e.g. (16, 32, 64, 128, 256)); got {widths!r}")

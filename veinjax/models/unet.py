@@ -7,7 +7,7 @@ ResNet34-UNet: 24,430,097 parameters for 1 input channel and 1 class, as `smp.Un
 in_channels=1, classes=1)`.
 
 `UNet` is Ronneberger et al. (2015) with "same" padding and BatchNorm: 64-128-256-512-1024 double-conv
-stages and four 2x2 max-pools, 2x2 transposed-conv ("up-conv") upsampling that halves the channels, and
+stages (`widths`: narrower or fewer for a light U-Net) and four 2x2 max-pools, 2x2 transposed-conv ("up-conv") upsampling that halves the channels, and
 a 1x1 conv to the logits. It needs H, W divisible by 16 only, but, like every veinjax model, it accepts
 sizes divisible by 32, so all models train and evaluate on exactly the same inputs.
 """
@@ -24,6 +24,8 @@ from veinjax.models import layers
 from veinjax.models import resnet
 
 ModuleDef = layers.ModuleDef
+# The original U-Net's contracting stages (Ronneberger et al. 2015).
+UNET_WIDTHS = (64, 128, 256, 512, 1024)
 
 
 class DecoderBlock(nn.Module):
@@ -120,7 +122,7 @@ class UNetEncoder(nn.Module):
   Returns each stage's output, high to low resolution (strides 1, 2, 4, 8, 16).
   """
 
-  widths: Sequence[int] = (64, 128, 256, 512, 1024)
+  widths: Sequence[int] = UNET_WIDTHS
   dtype: layers.Dtype = jnp.float32
   bn_axis_name: str | None = None
   bn_running_variance: str = "biased"
@@ -173,14 +175,15 @@ class UNet(nn.Module):
 
   Attributes:
     num_classes: logits per pixel (1 = one sigmoid logit).
-    widths: channels of the five contracting stages.
+    widths: channels of the contracting stages (the original's five by default; fewer stages pool fewer
+      times, so the input needs H, W divisible by 2 ** (len(widths) - 1) only).
     dtype: computation dtype; parameters and the returned logits are float32.
     bn_axis_name: axis name for cross-replica BatchNorm statistics (pmap), or None.
     bn_running_variance: BatchNorm's running variance, "biased" (flax's) or "unbiased" (PyTorch's).
   """
 
   num_classes: int = 1
-  widths: Sequence[int] = (64, 128, 256, 512, 1024)
+  widths: Sequence[int] = UNET_WIDTHS
   dtype: layers.Dtype = jnp.float32
   bn_axis_name: str | None = None
   bn_running_variance: str = "biased"
