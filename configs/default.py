@@ -17,8 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
   # ---- Model (veinjax.models.create_model) ----
   config.model = "resnet34_unet"  # resnet34_unet | unet | fcn8s | deeplabv3plus
   config.encoder = "resnet34"  # resnet18 | resnet34 | resnet50 (ResNet-based models only)
-  # unet only: the channels of its contracting stages, 1 to 6 of them (the original's by default; e.g.
-  # (16, 32, 64, 128, 256) is a common light U-Net). Fewer stages pool fewer times.
+  # unet only (the other models ignore it, as unet ignores encoder): the channels of its contracting stages,
+  # 1 to 6 of them (the original's by default; e.g. (16, 32, 64, 128, 256) is a common light U-Net).
   config.unet_widths = (64, 128, 256, 512, 1024)
   config.num_classes = 1  # 1 = one sigmoid "vein" logit; > 1 = softmax over classes (background first)
   # Two ways to train as the PyTorch reference (segmentation_models_pytorch's Unet("resnet34"), issue 18) does,

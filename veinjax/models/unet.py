@@ -7,9 +7,10 @@ ResNet34-UNet: 24,430,097 parameters for 1 input channel and 1 class, as `smp.Un
 in_channels=1, classes=1)`.
 
 `UNet` is Ronneberger et al. (2015) with "same" padding and BatchNorm: 64-128-256-512-1024 double-conv
-stages (`widths`: narrower or fewer for a light U-Net) and four 2x2 max-pools, 2x2 transposed-conv ("up-conv") upsampling that halves the channels, and
-a 1x1 conv to the logits. It needs H, W divisible by 16 only, but, like every veinjax model, it accepts
-sizes divisible by 32, so all models train and evaluate on exactly the same inputs.
+stages (`widths`: narrower or fewer for a light U-Net) and four 2x2 max-pools, 2x2 transposed-conv
+("up-conv") upsampling that halves the channels, and a 1x1 conv to the logits. It needs H, W divisible by
+16 only, but, like every veinjax model, it accepts sizes divisible by 32, so all models train and evaluate
+on exactly the same inputs.
 """
 
 from __future__ import annotations
