@@ -206,14 +206,13 @@ def _kill_9_inside_a_checkpoint_write(started, workdir, delay_s):
   return process.wait(timeout=_TIMEOUT_S), "".join(log), _writes_in_progress(workdir)
 
 
-def _sigterm_after_first_step(config_file, workdir, cache_dir, delay_s, after_first_step):
-  """Starts training, calls `after_first_step()` once its first step ran, sends SIGTERM `delay_s` later;
-  returns (returncode, log)."""
+def _sigterm_after_first_step(config_file, workdir, cache_dir, after_first_step):
+  """Starts training, calls `after_first_step()` once its first step ran, then sends SIGTERM; returns
+  (returncode, log)."""
   process = _start(config_file, workdir, cache_dir)
   log = []
   _read_until_first_step(process, log)
   after_first_step()
-  time.sleep(delay_s)
   process.send_signal(signal.SIGTERM)
   log += process.stderr.readlines()
   return process.wait(timeout=_TIMEOUT_S), "".join(log)
@@ -254,7 +253,7 @@ def test_sigterm_then_kill_9_in_a_checkpoint_write_then_resume_equals_the_uninte
 
 
 def _interrupt_resume_and_compare(config_file, workdir, shared_cache, uninterrupted, second, third):
-  code, log = _sigterm_after_first_step(config_file, workdir, shared_cache, 0.0,
+  code, log = _sigterm_after_first_step(config_file, workdir, shared_cache,
                                         lambda: uninterrupted.start(shared_cache))
   assert code == 0, log[-3000:]
   assert "SIGTERM received" in log and "Preempted at step" in log, log[-3000:]
