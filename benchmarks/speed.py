@@ -6,6 +6,7 @@ r"""Training and inference speed of the real train step, with the device's matmu
   python -m benchmarks.speed --parallelism=jit --precisions=bf16 --config.loss=bce_dice
   python -m benchmarks.speed --peer        # + segmentation_models_pytorch's Unet("resnet34") in the same run
   python -m benchmarks.speed --pipeline    # + the tf.data input pipeline's augmented images/s (TensorFlow)
+  python -m benchmarks.speed --xla_convolutions  # + each train step with XLA's own convolutions (before/after)
   python -m benchmarks.speed --table_from=speed.jsonl        # the Markdown table of earlier JSON lines
 
 Prints one JSON line per measurement as it is made (`kind`: matmul, train, infer, pipeline, peer), then a
@@ -45,6 +46,11 @@ veinjax/peer speed ratios of `resnet34_unet` (resnet34) in the same precision me
 (> 1: veinjax is faster). With --peer, JAX is left half the GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
 unless set) so that PyTorch has room.
 
+`--xla_convolutions`: each train step is timed a second time, traced inside `layers.lax_convolutions()`
+(XLA's own convolutions, without veinjax's CPU workarounds: the small-map matmul and the matmul weight
+gradient); its line has `convolutions: "xla"` and `veinjax_over_xla_convolutions_train` (> 1: the
+workarounds help). On GPU and TPU both steps are the same program.
+
 `--pipeline` (TensorFlow): `veinjax.data.pipeline.create_train_dataset` on synthetic frames with the config's
 augmentation, augmented images/s (median of `--steps` epochs after one warm-up epoch). Only then is
 TensorFlow imported: without `--pipeline` (the accelerator machine has no TensorFlow) nothing imports it.
@@ -79,6 +85,7 @@ from veinjax import parallel
 from veinjax import steps
 from veinjax import timing
 from veinjax.models import cost
+from veinjax.models import layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout, for configs/default.py
 PRECISIONS = ("fp32", "bf16")
@@ -523,9 +530,11 @@ def markdown_table(records: Sequence[dict]) -> str:
       "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for r in trains:
-    infer = infers.get((r["model"], r["encoder"], r["precision"], r["size"]), {})
+    xla_only = r.get("convolutions") == "xla"  # a train-only line (--xla_convolutions)
+    infer = {} if xla_only else infers.get((r["model"], r["encoder"], r["precision"], r["size"]), {})
+    convolutions = " (XLA's convolutions)" if xla_only else ""
     lines.append(
-        f"| `{r['model']}` | {r['encoder'] or '(own)'} | {r['precision']} | {r['size']} | "
+        f"| `{r['model']}`{convolutions} | {r['encoder'] or '(own)'} | {r['precision']} | {r['size']} | "
         f"{r['batch']} ({r['parallelism']}) | {_fmt(r.get('images_per_s'), '.1f')} | "
         f"{_fmt(r.get('step_ms'), '.1f')} | {_fmt(r.get('compile_s'), '.1f')} | "
         f"{_fmt(r.get('achieved_tflops'), '.3g')} | {_fmt(r.get('fraction_of_matmul_peak'), '.0%')} | "
@@ -589,7 +598,8 @@ def _log(message: str) -> None:
 def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, parallelism: str,
         precisions: Sequence[str], num_steps: int, warmup: int, matmul_size: int = 0, matmul_reps: int = 0,
         peer: bool = False, peer_precisions: Sequence[str] | None = None, pipeline: bool = False,
-        base: ml_collections.ConfigDict | None = None, json_out: str = "") -> list[dict]:
+        xla_convolutions: bool = False, base: ml_collections.ConfigDict | None = None,
+        json_out: str = "") -> list[dict]:
   """The whole benchmark: prints JSON lines as it goes and the Markdown table at the end; all records."""
   parsed = check_inputs(model_specs, size=size, batch=batch, infer_batch=infer_batch, num_steps=num_steps,
                         warmup=warmup, precisions=precisions, parallelism=parallelism)
@@ -636,10 +646,19 @@ def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, 
         _log(f"{name}:{encoder} {precision} train (batch {batch}, {parallelism})")
         train = measure_train(config, num_steps=num_steps, warmup=warmup, variables=variables)
         peak = matmul[precision]["tflops"] * jax.device_count()
-        train_record = emit({"kind": "train", **ident, "batch": batch, **train,
+        train_record = emit({"kind": "train", **ident, "convolutions": "veinjax", "batch": batch, **train,
                              "matmul_peak_tflops": matmul[precision]["tflops"],
                              "fraction_of_matmul_peak": (None if train["achieved_tflops"] is None
                                                          else train["achieved_tflops"] / peak)})
+        if xla_convolutions:  # the same step traced without veinjax's CPU convolution workarounds
+          _log(f"{name}:{encoder} {precision} train with XLA's convolutions only")
+          with layers.lax_convolutions():
+            plain = measure_train(config, num_steps=num_steps, warmup=warmup, variables=variables)
+          emit({"kind": "train", **ident, "convolutions": "xla", "batch": batch, **plain,
+                "matmul_peak_tflops": matmul[precision]["tflops"],
+                "fraction_of_matmul_peak": (None if plain["achieved_tflops"] is None
+                                            else plain["achieved_tflops"] / peak),
+                "veinjax_over_xla_convolutions_train": train["images_per_s"] / plain["images_per_s"]})
         _log(f"{name}:{encoder} {precision} infer (batch 1 and {infer_batch})")
         infer = measure_infer(config, infer_batch=infer_batch, num_steps=num_steps, warmup=warmup,
                               variables=variables)
@@ -696,6 +715,8 @@ def _define_flags():
                     "segmentation_models_pytorch).")
   flags.DEFINE_list("peer_precisions", [], "The peer's precisions (empty: --precisions).")
   flags.DEFINE_bool("pipeline", False, "Also time the tf.data input pipeline (imports TensorFlow).")
+  flags.DEFINE_bool("xla_convolutions", False, "Also time each train step with XLA's own convolutions only "
+                    "(without veinjax's CPU workarounds, `layers.lax_convolutions()`): their before/after.")
   flags.DEFINE_string("json_out", "", "Also write the JSON lines to this file.")
   flags.DEFINE_string("table_from", "", "Measure nothing: print the Markdown table of this file's JSON lines "
                       "(one run's or several runs' concatenated).")
@@ -722,6 +743,7 @@ def main(argv: Sequence[str]) -> None:
     run(model_specs=f.models, size=f.size, batch=f.batch, infer_batch=f.infer_batch, parallelism=f.parallelism,
         precisions=f.precisions, num_steps=f.steps, warmup=f.warmup, matmul_size=f.matmul_size,
         matmul_reps=f.matmul_reps, peer=f.peer, peer_precisions=f.peer_precisions, pipeline=f.pipeline,
+        xla_convolutions=f.xla_convolutions,
         base=f.config, json_out=f.json_out)
   except BenchmarkError as e:
     print(f"speed: error: {e}", file=sys.stderr)

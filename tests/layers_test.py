@@ -113,6 +113,93 @@ def test_small_map_matmul_only_where_the_kernel_exceeds_the_map():
   assert _uses_matmul(functools.partial(conv), small, w)  # the context restores the default
 
 
+def _weight_grad_by_matmuls(conv_fn, x, w):
+  """Whether the kernel gradient of `conv_fn` is computed by matmuls (XLA's would be a second conv)."""
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(conv_fn(x, w))))(w))
+  return "dot_general" in jaxpr
+
+
+@pytest.mark.parametrize("size, kernel, stride, dilation, padding", [
+    ((32, 32), 3, 1, 1, "pytorch"),  # the smallest map of the rule: 32x32 outputs
+    ((66, 64), 3, 2, 1, "pytorch"),  # strided, non-square: 33x32 outputs
+    ((64, 64), 1, 2, 1, "pytorch"),  # a ResNet downsampling shortcut
+    ((64, 64), 3, 1, 2, "pytorch"),  # dilated
+    ((64, 64), 3, 1, 1, "SAME"),
+    ((64, 64), 3, 2, 1, "SAME"),  # XLA's (0, 1) padding
+    ((64, 64), 3, 1, 1, "VALID"),
+    ((64, 64), 5, 1, 1, ((2, 1), (-1, 3))),  # uneven, and a negative (cropping) pad
+    ((33, 35), 3, 1, 1, "pytorch"),  # odd sizes: N * H' * W' not even, one contraction
+])
+def test_matmul_weight_gradient_equals_the_convolution_gradients(size, kernel, stride, dilation, padding):
+  x = _x((2 if size != (33, 35) else 1, *size, 32))
+  w = _x((kernel, kernel, 32, 32), seed=1) * 0.1
+  padding = layers.conv_padding(kernel, dilation) if padding == "pytorch" else padding
+
+  def loss(conv_fn, x, w):
+    y = conv_fn(x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation), dimension_numbers=_NHWC)
+    return jnp.sum(jnp.sin(y)), y
+
+  ours = functools.partial(loss, layers.conv_general_dilated)
+  reference = functools.partial(loss, jax.lax.conv_general_dilated)
+  assert _weight_grad_by_matmuls(lambda x, w: ours(x, w)[1], x, w)  # the CPU path is the one under test
+  (_, y), grads = jax.jit(jax.value_and_grad(ours, argnums=(0, 1), has_aux=True))(x, w)
+  (_, y_ref), grads_ref = jax.jit(jax.value_and_grad(reference, argnums=(0, 1), has_aux=True))(x, w)
+  np.testing.assert_array_equal(y, y_ref)  # the forward pass and the input gradient are XLA's own convs
+  np.testing.assert_array_equal(grads[0], grads_ref[0])
+  assert not np.array_equal(grads[1], grads_ref[1])  # another summation order: not the same computation
+  # Each entry sums 2 x 64 x 64 products: float32 rounding relative to the gradient's scale.
+  np.testing.assert_allclose(grads[1], grads_ref[1], rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(grads_ref[1]))))
+
+
+def test_matmul_weight_gradient_in_bfloat16_is_as_close_to_float32_as_the_convolutions():
+  x, w = _x((2, 32, 32, 32)), _x((3, 3, 32, 32), seed=1) * 0.1
+  padding = layers.conv_padding(3)
+
+  def weight_grad(conv_fn, dtype):
+    loss = lambda w: jnp.sum(jnp.sin(conv_fn(x.astype(dtype), w, (1, 1), padding,
+                                             dimension_numbers=_NHWC).astype(jnp.float32)))
+    return jax.jit(jax.grad(loss))(w.astype(dtype))
+
+  exact = weight_grad(jax.lax.conv_general_dilated, jnp.float32)
+  ours, xla = weight_grad(layers.conv_general_dilated, jnp.bfloat16), weight_grad(
+      jax.lax.conv_general_dilated, jnp.bfloat16)
+  assert ours.dtype == jnp.bfloat16
+  error = lambda g: float(jnp.max(jnp.abs(g.astype(jnp.float32) - exact)))
+  assert error(ours) <= error(xla) * 1.5 + 1e-6  # float32 accumulation: no worse than XLA's bf16 conv
+
+
+def test_matmul_weight_gradient_only_on_large_maps_with_enough_channels():
+  conv = functools.partial(layers.conv_general_dilated, window_strides=(1, 1), padding=((1, 1), (1, 1)),
+                           dimension_numbers=_NHWC)
+  large, small, thin = _x((1, 32, 32, 32)), _x((1, 16, 16, 32)), _x((1, 32, 32, 8))
+  w, thin_w = _x((3, 3, 32, 32)), _x((3, 3, 8, 32))
+  assert _weight_grad_by_matmuls(conv, large, w)
+  assert not _weight_grad_by_matmuls(conv, small, w)  # 16x16 outputs: XLA's conv is faster there
+  assert not _weight_grad_by_matmuls(conv, thin, thin_w)  # 8 x 32 channels: the shifted copies cost more
+  depthwise = functools.partial(conv, feature_group_count=32)
+  assert not _weight_grad_by_matmuls(depthwise, large, _x((3, 3, 1, 32)))  # grouped: XLA's conv
+  with layers.lax_convolutions():  # FLOP counts and exports: XLA's convolutions only
+    assert not _weight_grad_by_matmuls(functools.partial(conv), large, w)
+
+
+def test_unet_trains_with_the_same_gradients_with_and_without_the_cpu_workarounds():
+  model = unet.UNet(num_classes=1, widths=(32, 64))
+  x = _x((2, 32, 32, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+
+  def loss(params):
+    logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+    return jnp.mean(jnp.sin(logits))
+
+  ours = jax.jit(jax.grad(loss))(variables["params"])
+  with layers.lax_convolutions():
+    reference = jax.jit(jax.grad(loss))(variables["params"])
+  leaves, leaves_ref = jax.tree.leaves(ours), jax.tree.leaves(reference)
+  assert any(not np.array_equal(a, b) for a, b in zip(leaves, leaves_ref))  # the matmul path ran
+  for a, b in zip(leaves, leaves_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_fcn_gives_the_same_logits_with_and_without_the_small_map_matmul():
   model = fcn.FCN8s(fc_features=32, encoder=functools.partial(fcn.VGGEncoder, widths=(4, 4, 8, 8, 8)))
   x = _x((2, 64, 64, 1))  # pool5 is 2x2, fc6 is 7x7

@@ -71,12 +71,12 @@ def test_bad_models_name_the_valid_choices():
 
 def test_tiny_run_prints_json_lines_and_a_table_without_tensorflow(tmp_path):
   json_out = tmp_path / "speed.jsonl"
-  result = _run_speed(TINY + [f"--json_out={json_out}"],
+  result = _run_speed(TINY + [f"--json_out={json_out}", "--xla_convolutions"],
                       epilogue="print('TENSORFLOW_IMPORTED', 'tensorflow' in sys.modules)")
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
   lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
   records = [json.loads(line) for line in lines]
-  assert [r["kind"] for r in records] == ["matmul", "matmul", "train", "infer"]
+  assert [r["kind"] for r in records] == ["matmul", "matmul", "train", "train", "infer"]
   for r in records:
     assert r["device"].startswith("CPU") and r["jax_version"] and r["cpu_count"] >= 1, r
     assert "xla_flags" in r and r["platform"] == "cpu"
@@ -84,6 +84,11 @@ def test_tiny_run_prints_json_lines_and_a_table_without_tensorflow(tmp_path):
   assert (train["model"], train["encoder"], train["precision"], train["batch"]) == ("resnet34_unet", "resnet18",
                                                                                   "fp32", 2)
   assert _positive_finite(train["images_per_s"]) and _positive_finite(train["fraction_of_matmul_peak"])
+  # --xla_convolutions: the same step again without veinjax's CPU convolution workarounds, and the ratio.
+  plain = records[3]
+  assert (train["convolutions"], plain["convolutions"]) == ("veinjax", "xla")
+  assert plain["veinjax_over_xla_convolutions_train"] == pytest.approx(train["images_per_s"] / plain["images_per_s"])
+  assert "| `resnet34_unet` (XLA's convolutions) | resnet18 | fp32 | 32 | 2 (pmap) |" in result.stdout
   assert [json.loads(line) for line in json_out.read_text().splitlines()] == records
   assert "| `resnet34_unet` | resnet18 | fp32 | 32 | 2 (pmap) |" in result.stdout
   assert "TENSORFLOW_IMPORTED False" in result.stdout

@@ -79,31 +79,51 @@ def smp_stem_kernel_init(key: jax.Array, shape, dtype: Dtype = jnp.float32) -> j
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated`, except that on XLA:CPU a kernel larger than its input becomes a matmul.
+  """`lax.conv_general_dilated`, with two workarounds for slow XLA:CPU convolutions (NHWC, ungrouped).
 
-  XLA's CPU convolution is pathologically slow when the kernel is larger than the feature map, as in the
-  deepest layers of small training images: FCN-8s's 7x7 fc6 on a 4x4 pool5 map (128x128 input), ResNet's
-  3x3 convs on 2x2 maps (64x64 input). There the convolution is computed as im2col + one matmul:
-  `python benchmarks/small_map_conv.py` measured an FCN-8s training step at 128x128 11.8x faster and a
-  ResNet34-UNet step at 64x64 3.5x faster on a 2-core CPU. Everywhere else (GPU, TPU, larger maps) this is
-  exactly `lax.conv_general_dilated`. Same parameters either way; results equal up to float rounding.
+  1. A kernel larger than its input becomes a matmul. XLA's CPU convolution is pathologically slow when
+     the kernel is larger than the feature map, as in the deepest layers of small training images: FCN-8s's
+     7x7 fc6 on a 4x4 pool5 map (128x128 input), ResNet's 3x3 convs on 2x2 maps (64x64 input). There the
+     convolution is computed as im2col + one matmul: `python benchmarks/small_map_conv.py` measured an
+     FCN-8s training step at 128x128 11.8x faster and a ResNet34-UNet step at 64x64 3.5x faster on a
+     2-core CPU.
+  2. On a large map, the weight gradient is computed by matmuls (`_conv_with_matmul_weight_grad`): XLA:CPU's
+     own weight-gradient ("backward filter") convolution runs ~10x below its forward convolution there.
+
+  Everywhere else (GPU, TPU, grouped convs, inside `lax_convolutions()`) this is exactly
+  `lax.conv_general_dilated`. Same parameters either way; results equal up to float rounding.
   """
   nhwc = (lhs.ndim == 4 and dimension_numbers is not None
           and tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
           and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1)
           and tuple(dimension_numbers.out_spec) == (0, 3, 1, 2))
-  use_matmul = (_small_map_matmul and jax.default_backend() == "cpu" and nhwc
-                and feature_group_count == 1 and batch_group_count == 1
-                and all(d == 1 for d in (lhs_dilation or (1, 1)))
-                # The kernel itself, not its dilated extent: dilated ASPP convs on 8x8 maps are fine (and
-                # slower as matmuls), 3x3 convs on 2x2 maps are not.
-                and any(k > size for k, size in zip(rhs.shape[:2], lhs.shape[1:3])))
-  if not use_matmul:
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count, precision=precision,
-        preferred_element_type=preferred_element_type)
+  eligible = (_cpu_workarounds and jax.default_backend() == "cpu" and nhwc
+              and feature_group_count == 1 and batch_group_count == 1
+              and all(d == 1 for d in (lhs_dilation or (1, 1))))
+  plain = functools.partial(
+      jax.lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count, batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type)
+  if not eligible:
+    return plain(lhs, rhs)
+  # The kernel itself, not its dilated extent: dilated ASPP convs on 8x8 maps are fine (and slower as
+  # matmuls), 3x3 convs on 2x2 maps are not.
+  if any(k > size for k, size in zip(rhs.shape[:2], lhs.shape[1:3])):
+    return _small_map_matmul(lhs, rhs, window_strides, padding, rhs_dilation, precision,
+                             preferred_element_type)
+  strides = tuple(window_strides)
+  dilation = tuple(rhs_dilation or (1, 1))
+  pads = _explicit_padding(lhs.shape[1:3], rhs.shape[:2], strides, padding, dilation)
+  out_height, out_width = _conv_output_size(lhs.shape[1:3], rhs.shape[:2], strides, pads, dilation)
+  if (out_height * out_width >= MATMUL_WEIGHT_GRAD_MIN_PIXELS
+      and rhs.shape[2] * rhs.shape[3] >= MATMUL_WEIGHT_GRAD_MIN_CHANNEL_PRODUCT):
+    return _conv_with_matmul_weight_grad(lhs, rhs, strides, pads, dilation, precision, preferred_element_type)
+  return plain(lhs, rhs)
+
+
+def _small_map_matmul(lhs, rhs, window_strides, padding, rhs_dilation, precision, preferred_element_type):
+  """The convolution as im2col + one matmul (for a kernel larger than its map; see conv_general_dilated)."""
   kh, kw, cin, cout = rhs.shape
   # [N, H', W', cin * kh * kw], features ordered (cin, kh, kw).
   patches = jax.lax.conv_general_dilated_patches(
@@ -114,23 +134,103 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                              preferred_element_type=preferred_element_type)
 
 
-_small_map_matmul = True  # see lax_convolutions()
+# Where the weight gradient is computed by matmuls (workaround 2 of conv_general_dilated): an output map of
+# at least 32x32 pixels and input x output channels of at least 32 x 32. Chosen by measurement (a 3x3 conv,
+# batch 4, 2-core AMD EPYC, jit): XLA's weight-gradient conv vs the matmuls, in ms: 128x128 64->64 1073 vs
+# 170, 256x256 128->32 3203 vs ~850, 32x32 256->256 177 vs 101; but 16x16 512->512 124 vs 159 and 512x512
+# 32->16 332 vs ~700 (thin channels: the kh*kw shifted copies of the input cost more than they save).
+MATMUL_WEIGHT_GRAD_MIN_PIXELS = 32 * 32
+MATMUL_WEIGHT_GRAD_MIN_CHANNEL_PRODUCT = 32 * 32
+
+
+def _explicit_padding(in_size, kernel_size, strides, padding, dilation):
+  """((top, bottom), (left, right)) of `padding` ("SAME", "VALID" or explicit pairs)."""
+  if isinstance(padding, str):
+    dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
+    return tuple(map(tuple, jax.lax.padtype_to_pads(in_size, dilated, strides, padding)))
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _conv_output_size(in_size, kernel_size, strides, pads, dilation):
+  return tuple((size + lo + hi - (k - 1) * d - 1) // s + 1
+               for size, k, s, (lo, hi), d in zip(in_size, kernel_size, strides, pads, dilation))
+
+
+def _nhwc_conv(lhs, rhs, strides, pads, dilation, precision, preferred_element_type):
+  return jax.lax.conv_general_dilated(
+      lhs, rhs, strides, pads, rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=precision, preferred_element_type=preferred_element_type)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv_with_matmul_weight_grad(lhs, rhs, strides, pads, dilation, precision, preferred_element_type):
+  """An NHWC convolution whose kernel gradient is kh * kw matmuls (its input gradient is XLA's)."""
+  return _nhwc_conv(lhs, rhs, strides, pads, dilation, precision, preferred_element_type)
+
+
+def _conv_with_matmul_weight_grad_fwd(lhs, rhs, strides, pads, dilation, precision, preferred_element_type):
+  out = _nhwc_conv(lhs, rhs, strides, pads, dilation, precision, preferred_element_type)
+  return out, (lhs, rhs)
+
+
+def _conv_with_matmul_weight_grad_bwd(strides, pads, dilation, precision, preferred_element_type, residuals,
+                                      out_grad):
+  lhs, rhs = residuals
+  # The input gradient as JAX transposes the convolution (XLA:CPU runs it as fast as the forward conv).
+  _, input_vjp = jax.vjp(
+      lambda x: _nhwc_conv(x, rhs, strides, pads, dilation, precision, preferred_element_type), lhs)
+  (lhs_grad,) = input_vjp(out_grad)
+  return lhs_grad, _weight_grad_by_matmuls(lhs, out_grad, rhs.shape, strides, pads, dilation,
+                                           precision).astype(rhs.dtype)
+
+
+_conv_with_matmul_weight_grad.defvjp(_conv_with_matmul_weight_grad_fwd, _conv_with_matmul_weight_grad_bwd)
+
+
+def _weight_grad_by_matmuls(lhs, out_grad, kernel_shape, strides, pads, dilation, precision):
+  """d(loss)/d(kernel) of an NHWC conv: kernel[i, j] = sum over n, p, q of
+  x_padded[n, p * stride + i * dilation, q * stride + j * dilation, :]^T out_grad[n, p, q, :], one matmul
+  per kernel tap over a strided slice of the padded input. Accumulated in float32."""
+  kh, kw, cin, cout = kernel_shape
+  n, out_height, out_width, _ = out_grad.shape
+  # lax.pad, not jnp.pad: explicit convolution padding may be negative (a crop).
+  x = jax.lax.pad(lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+  # Two independent halves of the contraction (batched, then added): XLA:CPU runs one matmul with a
+  # cin x cout output and a huge contraction on one core (256x256 64->64: ~1.7 s as one, ~0.7 s as halves).
+  halves = 2 if (n * out_height * out_width) % 2 == 0 else 1
+  grad = out_grad.reshape(halves, -1, cout)
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      top, left = i * dilation[0], j * dilation[1]
+      window = jax.lax.slice(
+          x, (0, top, left, 0),
+          (n, top + (out_height - 1) * strides[0] + 1, left + (out_width - 1) * strides[1] + 1, cin),
+          (1, strides[0], strides[1], 1))
+      tap = jax.lax.dot_general(window.reshape(halves, -1, cin), grad, (((1,), (1,)), ((0,), (0,))),
+                                precision=precision, preferred_element_type=jnp.float32)
+      taps.append(tap.sum(axis=0))
+  return jnp.stack(taps).reshape(kh, kw, cin, cout)
+
+
+_cpu_workarounds = True  # see lax_convolutions()
 
 
 @contextlib.contextmanager
 def lax_convolutions():
   """Within this context, models traced use `lax.conv_general_dilated` everywhere, CPU included.
 
-  For FLOP counts (the model's arithmetic, not the CPU workaround's) and for benchmarking the workaround.
+  For FLOP counts (the model's arithmetic, not the CPU workarounds'), for exported graphs (the same on every
+  machine) and for benchmarking the workarounds.
   The choice is made when a function is traced, and JAX caches traces per function: trace (jit) a new
   function inside the context, not one already traced outside it.
   """
-  global _small_map_matmul
-  previous, _small_map_matmul = _small_map_matmul, False
+  global _cpu_workarounds
+  previous, _cpu_workarounds = _cpu_workarounds, False
   try:
     yield
   finally:
-    _small_map_matmul = previous
+    _cpu_workarounds = previous
 
 
 def make_conv(

@@ -44,7 +44,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          precision=None, preferred_element_type=None):
   """`layers.conv_general_dilated`, except that on XLA:CPU depthwise and thin-input convs are shift-adds."""
   channels = lhs.shape[-1]
-  eligible = (layers._small_map_matmul  # pylint: disable=protected-access  (the lax_convolutions switch)
+  eligible = (layers._cpu_workarounds  # pylint: disable=protected-access  (the lax_convolutions switch)
               and jax.default_backend() == "cpu" and _is_nhwc(lhs, dimension_numbers)
               and batch_group_count == 1 and not isinstance(padding, str)
               and all(d == 1 for d in (lhs_dilation or (1, 1))))
