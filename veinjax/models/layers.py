@@ -136,9 +136,10 @@ def _small_map_matmul(lhs, rhs, window_strides, padding, rhs_dilation, precision
 
 # Where the weight gradient is computed by matmuls (workaround 2 of conv_general_dilated): an output map of
 # at least 32x32 pixels and input x output channels of at least 32 x 32. Chosen by measurement (a 3x3 conv,
-# batch 4, 2-core AMD EPYC, jit): XLA's weight-gradient conv vs the matmuls, in ms: 128x128 64->64 1073 vs
-# 170, 256x256 128->32 3203 vs ~850, 32x32 256->256 177 vs 101; but 16x16 512->512 124 vs 159 and 512x512
-# 32->16 332 vs ~700 (thin channels: the kh*kw shifted copies of the input cost more than they save).
+# batch 4, 2-core AMD EPYC, jit, /tmp probe of this change): XLA's weight-gradient conv vs the matmuls in two
+# halves, in ms: 128x128 64->64 1073 vs 183, 256x256 128->32 3203 vs 995, 256x256 32->32 827 vs 241,
+# 32x32 256->256 177 vs 101; but 16x16 512->512 124 vs 159 and 512x512 32->16 332 vs 916 (thin channels:
+# the kh*kw shifted copies of the input cost more than they save).
 MATMUL_WEIGHT_GRAD_MIN_PIXELS = 32 * 32
 MATMUL_WEIGHT_GRAD_MIN_CHANNEL_PRODUCT = 32 * 32
 
@@ -195,8 +196,9 @@ def _weight_grad_by_matmuls(lhs, out_grad, kernel_shape, strides, pads, dilation
   n, out_height, out_width, _ = out_grad.shape
   # lax.pad, not jnp.pad: explicit convolution padding may be negative (a crop).
   x = jax.lax.pad(lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
-  # Two independent halves of the contraction (batched, then added): XLA:CPU runs one matmul with a
-  # cin x cout output and a huge contraction on one core (256x256 64->64: ~1.7 s as one, ~0.7 s as halves).
+  # Independent halves of the contraction (batched, then added): XLA:CPU does not spread one matmul with a
+  # small cin x cout output and a huge contraction well over cores (256x256 64->64, batch 4: 1717 ms as
+  # one matmul per tap, 704 ms in 8 parts; 128x128 64->64: 183 ms in 2 parts, 170 ms in 8).
   halves = 2 if (n * out_height * out_width) % 2 == 0 else 1
   grad = out_grad.reshape(halves, -1, cout)
   taps = []
