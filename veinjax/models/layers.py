@@ -136,7 +136,7 @@ def _small_map_matmul(lhs, rhs, window_strides, padding, rhs_dilation, precision
 
 # Where the weight gradient is computed by matmuls (workaround 2 of conv_general_dilated): an output map of
 # at least 32x32 pixels and input x output channels of at least 32 x 32. Chosen by measurement (a 3x3 conv,
-# batch 4, 2-core AMD EPYC, jit, /tmp probe of this change): XLA's weight-gradient conv vs the matmuls in two
+# batch 4, 2-core AMD EPYC, jit, medians of 3 in one-off probes): XLA's weight-gradient conv vs the matmuls in two
 # halves, in ms: 128x128 64->64 1073 vs 183, 256x256 128->32 3203 vs 995, 256x256 32->32 827 vs 241,
 # 32x32 256->256 177 vs 101; but 16x16 512->512 124 vs 159 and 512x512 32->16 332 vs 916 (thin channels:
 # the kh*kw shifted copies of the input cost more than they save).
