@@ -646,19 +646,21 @@ def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, 
         _log(f"{name}:{encoder} {precision} train (batch {batch}, {parallelism})")
         train = measure_train(config, num_steps=num_steps, warmup=warmup, variables=variables)
         peak = matmul[precision]["tflops"] * jax.device_count()
-        train_record = emit({"kind": "train", **ident, "convolutions": "veinjax", "batch": batch, **train,
-                             "matmul_peak_tflops": matmul[precision]["tflops"],
-                             "fraction_of_matmul_peak": (None if train["achieved_tflops"] is None
-                                                         else train["achieved_tflops"] / peak)})
+
+        def train_line(result: dict, convolutions: str, **extra) -> dict:  # pylint: disable=cell-var-from-loop
+          return {"kind": "train", **ident, "convolutions": convolutions, "batch": batch, **result,
+                  "matmul_peak_tflops": matmul[precision]["tflops"],
+                  "fraction_of_matmul_peak": (None if result["achieved_tflops"] is None
+                                              else result["achieved_tflops"] / peak),
+                  **extra}
+
+        train_record = emit(train_line(train, "veinjax"))
         if xla_convolutions:  # the same step traced without veinjax's CPU convolution workarounds
           _log(f"{name}:{encoder} {precision} train with XLA's convolutions only")
           with layers.lax_convolutions():
             plain = measure_train(config, num_steps=num_steps, warmup=warmup, variables=variables)
-          emit({"kind": "train", **ident, "convolutions": "xla", "batch": batch, **plain,
-                "matmul_peak_tflops": matmul[precision]["tflops"],
-                "fraction_of_matmul_peak": (None if plain["achieved_tflops"] is None
-                                            else plain["achieved_tflops"] / peak),
-                "veinjax_over_xla_convolutions_train": train["images_per_s"] / plain["images_per_s"]})
+          emit(train_line(plain, "xla",
+                          veinjax_over_xla_convolutions_train=train["images_per_s"] / plain["images_per_s"]))
         _log(f"{name}:{encoder} {precision} infer (batch 1 and {infer_batch})")
         infer = measure_infer(config, infer_batch=infer_batch, num_steps=num_steps, warmup=warmup,
                               variables=variables)

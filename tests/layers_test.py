@@ -113,7 +113,7 @@ def test_small_map_matmul_only_where_the_kernel_exceeds_the_map():
   assert _uses_matmul(functools.partial(conv), small, w)  # the context restores the default
 
 
-def _weight_grad_by_matmuls(conv_fn, x, w):
+def _uses_matmul_weight_grad(conv_fn, x, w):
   """Whether the kernel gradient of `conv_fn` is computed by matmuls (XLA's would be a second conv)."""
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(conv_fn(x, w))))(w))
   return "dot_general" in jaxpr
@@ -141,7 +141,7 @@ def test_matmul_weight_gradient_equals_the_convolution_gradients(size, kernel, s
 
   ours = functools.partial(loss, layers.conv_general_dilated)
   reference = functools.partial(loss, jax.lax.conv_general_dilated)
-  assert _weight_grad_by_matmuls(lambda x, w: ours(x, w)[1], x, w)  # the CPU path is the one under test
+  assert _uses_matmul_weight_grad(lambda x, w: ours(x, w)[1], x, w)  # the CPU path is the one under test
   (_, y), grads = jax.jit(jax.value_and_grad(ours, argnums=(0, 1), has_aux=True))(x, w)
   (_, y_ref), grads_ref = jax.jit(jax.value_and_grad(reference, argnums=(0, 1), has_aux=True))(x, w)
   np.testing.assert_array_equal(y, y_ref)  # the forward pass and the input gradient are XLA's own convs
@@ -189,13 +189,13 @@ def test_matmul_weight_gradient_only_on_large_maps_with_enough_channels():
                            dimension_numbers=_NHWC)
   large, small, thin = _x((1, 32, 32, 32)), _x((1, 16, 16, 32)), _x((1, 32, 32, 8))
   w, thin_w = _x((3, 3, 32, 32)), _x((3, 3, 8, 32))
-  assert _weight_grad_by_matmuls(conv, large, w)
-  assert not _weight_grad_by_matmuls(conv, small, w)  # 16x16 outputs: XLA's conv is faster there
-  assert not _weight_grad_by_matmuls(conv, thin, thin_w)  # 8 x 32 channels: the shifted copies cost more
+  assert _uses_matmul_weight_grad(conv, large, w)
+  assert not _uses_matmul_weight_grad(conv, small, w)  # 16x16 outputs: XLA's conv is faster there
+  assert not _uses_matmul_weight_grad(conv, thin, thin_w)  # 8 x 32 channels: the shifted copies cost more
   depthwise = functools.partial(conv, feature_group_count=32)
-  assert not _weight_grad_by_matmuls(depthwise, large, _x((3, 3, 1, 32)))  # grouped: XLA's conv
+  assert not _uses_matmul_weight_grad(depthwise, large, _x((3, 3, 1, 32)))  # grouped: XLA's conv
   with layers.lax_convolutions():  # FLOP counts and exports: XLA's convolutions only
-    assert not _weight_grad_by_matmuls(functools.partial(conv), large, w)
+    assert not _uses_matmul_weight_grad(functools.partial(conv), large, w)
 
 
 def test_unet_trains_with_the_same_gradients_with_and_without_the_cpu_workarounds():
