@@ -1,6 +1,7 @@
 """Layer-level tests of the model zoo's bricks: pure `init_with_output` calls on tiny inputs."""
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -113,15 +114,27 @@ def test_small_map_matmul_only_where_the_kernel_exceeds_the_map():
   assert _uses_matmul(functools.partial(conv), small, w)  # the context restores the default
 
 
+def _weight_grad_jaxpr(conv_fn, x, w):
+  return str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(conv_fn(x, w))))(w))
+
+
 def _uses_matmul_weight_grad(conv_fn, x, w):
   """Whether the kernel gradient of `conv_fn` is computed by matmuls (XLA's would be a second conv)."""
-  jaxpr = str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(conv_fn(x, w))))(w))
-  return "dot_general" in jaxpr
+  return "dot_general" in _weight_grad_jaxpr(conv_fn, x, w)
+
+
+def _weight_grad_way(conv_fn, x, w):
+  """Which way of _weight_grad_by_matmuls a conv's kernel gradient takes."""
+  jaxpr = _weight_grad_jaxpr(conv_fn, x, w)
+  assert "dot_general" in jaxpr
+  if "scan" not in jaxpr:
+    return "im2col"
+  return "scan in halves" if re.search(r"f32\[2,\d+,\d+\] = dot_general", jaxpr) else "scan"
 
 
 @pytest.mark.parametrize("size, kernel, stride, dilation, padding", [
-    ((32, 32), 3, 1, 1, "pytorch"),  # the smallest map of the rule: 32x32 outputs
-    ((66, 64), 3, 2, 1, "pytorch"),  # strided, non-square: 33x32 outputs
+    ((16, 16), 3, 1, 1, "pytorch"),  # the smallest map of the rule: 16x16 outputs
+    ((34, 32), 3, 2, 1, "pytorch"),  # strided, non-square: 17x16 outputs
     ((64, 64), 1, 2, 1, "pytorch"),  # a ResNet downsampling shortcut
     ((64, 64), 3, 1, 2, "pytorch"),  # dilated
     ((64, 64), 3, 1, 1, "SAME"),
@@ -130,9 +143,17 @@ def _uses_matmul_weight_grad(conv_fn, x, w):
     ((64, 64), 5, 1, 1, ((2, 1), (-1, 3))),  # uneven, and a negative (cropping) pad
     ((33, 35), 3, 1, 1, "pytorch"),  # odd sizes: N * H' * W' not even, one contraction
 ])
-def test_matmul_weight_gradient_equals_the_convolution_gradients(size, kernel, stride, dilation, padding):
-  x = _x((2 if size != (33, 35) else 1, *size, 32))
-  w = _x((kernel, kernel, 32, 32), seed=1) * 0.1
+@pytest.mark.parametrize("way, channels", [("scan in halves", (32, 32)), ("scan", (32, 32)), ("im2col", (1, 8)),
+                                           ("im2col", (3, 16)), ("scan in halves", (1, 8))])
+def test_matmul_weight_gradient_equals_the_convolution_gradients(size, kernel, stride, dilation, padding, way,
+                                                                 channels, monkeypatch):
+  if way == "scan":  # one matmul per tap, as for channels of 256 x 256 and more
+    monkeypatch.setattr(layers, "HALVES_BELOW_CHANNEL_PRODUCT", 0)
+  if way == "scan in halves" and channels[0] == 1:  # a stem whose side-by-side windows would be too large
+    monkeypatch.setattr(layers, "IM2COL_WEIGHT_GRAD_MAX_BYTES", 0)
+  cin, cout = channels
+  x = _x((2 if size != (33, 35) else 1, *size, cin))
+  w = _x((kernel, kernel, cin, cout), seed=1) * 0.1
   padding = layers.conv_padding(kernel, dilation) if padding == "pytorch" else padding
 
   def loss(conv_fn, x, w):
@@ -141,14 +162,22 @@ def test_matmul_weight_gradient_equals_the_convolution_gradients(size, kernel, s
 
   ours = functools.partial(loss, layers.conv_general_dilated)
   reference = functools.partial(loss, jax.lax.conv_general_dilated)
-  assert _uses_matmul_weight_grad(lambda x, w: ours(x, w)[1], x, w)  # the CPU path is the one under test
+  expected = "scan" if way == "scan in halves" and size == (33, 35) else way  # odd rows: no halves
+  assert _weight_grad_way(lambda x, w: ours(x, w)[1], x, w) == expected  # the CPU path is the one under test
   (_, y), grads = jax.jit(jax.value_and_grad(ours, argnums=(0, 1), has_aux=True))(x, w)
   (_, y_ref), grads_ref = jax.jit(jax.value_and_grad(reference, argnums=(0, 1), has_aux=True))(x, w)
   np.testing.assert_array_equal(y, y_ref)  # the forward pass and the input gradient are XLA's own convs
   np.testing.assert_array_equal(grads[0], grads_ref[0])
-  assert not np.array_equal(grads[1], grads_ref[1])  # another summation order: not the same computation
-  # Each entry sums 2 x 64 x 64 products: float32 rounding relative to the gradient's scale.
+  # Each entry sums up to 2 x 64 x 64 products: float32 rounding relative to the gradient's scale.
   np.testing.assert_allclose(grads[1], grads_ref[1], rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(grads_ref[1]))))
+
+
+def test_matmul_weight_gradient_is_not_xlas_computation():
+  """Guards the equality test above against comparing XLA's gradient with itself."""
+  x, w = _x((2, 32, 32, 32)), _x((3, 3, 32, 32), seed=1) * 0.1
+  grad = lambda conv_fn: jax.jit(jax.grad(lambda w: jnp.sum(jnp.sin(conv_fn(
+      x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC)))))(w)
+  assert not np.array_equal(grad(layers.conv_general_dilated), grad(jax.lax.conv_general_dilated))
 
 
 def test_matmul_weight_gradient_in_bfloat16_is_as_close_to_float32_as_the_convolutions():
@@ -184,14 +213,16 @@ def test_matmul_weight_gradient_keeps_one_input_sized_window_at_a_time():
   assert temp_bytes(layers.conv_general_dilated) <= temp_bytes(jax.lax.conv_general_dilated) + 3 * input_bytes
 
 
-def test_matmul_weight_gradient_only_on_large_maps_with_enough_channels():
+def test_matmul_weight_gradient_only_on_large_enough_maps_with_enough_channels_or_a_stem():
   conv = functools.partial(layers.conv_general_dilated, window_strides=(1, 1), padding=((1, 1), (1, 1)),
                            dimension_numbers=_NHWC)
-  large, small, thin = _x((1, 32, 32, 32)), _x((1, 16, 16, 32)), _x((1, 32, 32, 8))
+  large, small, thin = _x((1, 16, 16, 32)), _x((1, 8, 8, 32)), _x((1, 32, 32, 8))
   w, thin_w = _x((3, 3, 32, 32)), _x((3, 3, 8, 32))
   assert _uses_matmul_weight_grad(conv, large, w)
-  assert not _uses_matmul_weight_grad(conv, small, w)  # 16x16 outputs: XLA's conv is faster there
+  assert not _uses_matmul_weight_grad(conv, small, w)  # 8x8 outputs: XLA's conv is as fast there
   assert not _uses_matmul_weight_grad(conv, thin, thin_w)  # 8 x 32 channels: the shifted copies cost more
+  assert _uses_matmul_weight_grad(conv, _x((1, 16, 16, 1)), _x((3, 3, 1, 8)))  # a gray stem: im2col
+  assert not _uses_matmul_weight_grad(conv, _x((1, 8, 8, 1)), _x((3, 3, 1, 8)))
   depthwise = functools.partial(conv, feature_group_count=32)
   assert not _uses_matmul_weight_grad(depthwise, large, _x((3, 3, 1, 32)))  # grouped: XLA's conv
   with layers.lax_convolutions():  # FLOP counts and exports: XLA's convolutions only

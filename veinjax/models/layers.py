@@ -87,8 +87,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
      convolution is computed as im2col + one matmul: `python benchmarks/small_map_conv.py` measured an
      FCN-8s training step at 128x128 11.8x faster and a ResNet34-UNet step at 64x64 3.5x faster on a
      2-core CPU.
-  2. On a large map, the weight gradient is computed by matmuls (`_conv_with_matmul_weight_grad`): XLA:CPU's
-     own weight-gradient ("backward filter") convolution runs ~10x below its forward convolution there.
+  2. On a map of 16x16 or more, the weight gradient is computed by matmuls (`_conv_with_matmul_weight_grad`):
+     XLA:CPU's own weight-gradient ("backward filter") convolution runs up to ~10x below its forward
+     convolution on large maps, ~1.5x on 16x16 ones and ~3x in a gray image's stem.
 
   Everywhere else (GPU, TPU, grouped convs, inside `lax_convolutions()`) this is exactly
   `lax.conv_general_dilated`. Same parameters either way; results equal up to float rounding.
@@ -116,8 +117,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   dilation = tuple(rhs_dilation or (1, 1))
   pads = _explicit_padding(lhs.shape[1:3], rhs.shape[:2], strides, padding, dilation)
   out_height, out_width = _conv_output_size(lhs.shape[1:3], rhs.shape[:2], strides, pads, dilation)
+  cin, cout = rhs.shape[2:]
   if (out_height * out_width >= MATMUL_WEIGHT_GRAD_MIN_PIXELS
-      and rhs.shape[2] * rhs.shape[3] >= MATMUL_WEIGHT_GRAD_MIN_CHANNEL_PRODUCT):
+      and (cin * cout >= MATMUL_WEIGHT_GRAD_MIN_CHANNEL_PRODUCT or cin <= MATMUL_WEIGHT_GRAD_MAX_STEM_CHANNELS)):
     return _conv_with_matmul_weight_grad(lhs, rhs, strides, pads, dilation, precision, preferred_element_type)
   return plain(lhs, rhs)
 
@@ -135,14 +137,24 @@ def _small_map_matmul(lhs, rhs, window_strides, padding, rhs_dilation, precision
 
 
 # Where the weight gradient is computed by matmuls (workaround 2 of conv_general_dilated): an output map of
-# at least 32x32 pixels and input x output channels of at least 32 x 32. Chosen by measurement (a 3x3 conv,
-# batch 4, 2-core AMD EPYC, jit, medians of 3 in one-off probes): XLA's weight-gradient conv vs the matmuls in two
-# halves, in ms: 128x128 64->64 1073 vs 183, 256x256 128->32 3203 vs 995, 256x256 32->32 827 vs 241,
-# 32x32 256->256 177 vs 101; but 16x16 512->512 124 vs 159 and 512x512 32->16 332 vs 916 (thin channels:
-# the kh*kw shifted copies of the input cost more than they save). Those probes ran the taps unrolled; the whole
-# resnet34_unet step at 512x512 was 1.63x faster than with XLA's convs so, 2.0-2.2x with the scan below.
-MATMUL_WEIGHT_GRAD_MIN_PIXELS = 32 * 32
+# at least 16x16 pixels and either input x output channels of at least 32 x 32, or an input of at most 4
+# channels (a gray or RGB stem). Chosen by measurement: XLA's weight-gradient conv vs the matmuls, batch 4,
+# 2-core AMD EPYC, jit, medians of 3-5 in one-off probes, ms. 3x3 convs: 16x16 512->512 142 vs 87,
+# 16x16 256->256 34 vs 28, 32x32 256->256 187 vs 90, 128x128 64->64 1073 vs 183, 256x256 32->32 827 vs 241;
+# the 7x7 stride-2 stem at 512x512, 1 -> 64 channels 467 vs 109, 3 -> 64 1181 vs 382. XLA's conv stays
+# where it is faster: 8x8 maps (512->512: 24 vs 36) and thin channels at high resolution (512x512 32->16:
+# 332 vs 916, the kh*kw shifted copies of the input cost more than they save). The whole resnet34_unet step
+# (batch 4, 512x512) ran 2.0-2.2x faster than with XLA's convs when this covered maps of 32x32 and more, and
+# 1.06-1.11x faster again with 16x16 maps and the stem (and 1.09-1.24x at 128x128, batch 8).
+MATMUL_WEIGHT_GRAD_MIN_PIXELS = 16 * 16
 MATMUL_WEIGHT_GRAD_MIN_CHANNEL_PRODUCT = 32 * 32
+MATMUL_WEIGHT_GRAD_MAX_STEM_CHANNELS = 4
+# A stem's kh*kw shifted windows are put side by side (im2col, one matmul) where together they take at most
+# this many bytes, else taken one after another as other convs' are (memory).
+IM2COL_WEIGHT_GRAD_MAX_BYTES = 64 * 2**20
+# Below this input x output channel product the contraction is split in two halves (see
+# _weight_grad_by_matmuls); above it one matmul per tap is faster (16x16 512->512, batch 4: 87 ms vs 160).
+HALVES_BELOW_CHANNEL_PRODUCT = 256 * 256
 
 
 def _explicit_padding(in_size, kernel_size, strides, padding, dilation):
@@ -191,29 +203,42 @@ _conv_with_matmul_weight_grad.defvjp(_conv_with_matmul_weight_grad_fwd, _conv_wi
 
 def _weight_grad_by_matmuls(lhs, out_grad, kernel_shape, strides, pads, dilation, precision):
   """d(loss)/d(kernel) of an NHWC conv: kernel[i, j] = sum over n, p, q of
-  x_padded[n, p * stride + i * dilation, q * stride + j * dilation, :]^T out_grad[n, p, q, :], one matmul
-  per kernel tap over a strided slice of the padded input. Accumulated in float32."""
+  x_padded[n, p * stride + i * dilation, q * stride + j * dilation, :]^T out_grad[n, p, q, :], a matmul
+  over the strided window of the padded input that each kernel tap sees, accumulated in float32. A stem's
+  few input channels: all windows side by side (im2col) and one matmul instead of kh*kw thin ones."""
   kh, kw, cin, cout = kernel_shape
   n, out_height, out_width, _ = out_grad.shape
   # lax.pad, not jnp.pad: explicit convolution padding may be negative (a crop).
   x = jax.lax.pad(lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+  span = ((out_height - 1) * strides[0] + 1, (out_width - 1) * strides[1] + 1)
+  offsets = [(i * dilation[0], j * dilation[1]) for i in range(kh) for j in range(kw)]
+
+  def window(offset):  # [rows = n * out_height * out_width, cin]
+    w = jax.lax.dynamic_slice(x, (0, offset[0], offset[1], 0), (n, *span, cin))
+    return w[:, ::strides[0], ::strides[1], :].reshape(-1, cin)
+
+  def matmul(a, b):  # a^T b over the rows; leading dimensions (the halves below) batched
+    batch = tuple(range(a.ndim - 2))
+    return jax.lax.dot_general(a, b, (((a.ndim - 2,), (b.ndim - 2,)), (batch, batch)), precision=precision,
+                               preferred_element_type=jnp.float32)
+
+  grad = out_grad.reshape(-1, cout)
+  if (cin <= MATMUL_WEIGHT_GRAD_MAX_STEM_CHANNELS
+      and kh * kw * grad.shape[0] * cin * lhs.dtype.itemsize <= IM2COL_WEIGHT_GRAD_MAX_BYTES):
+    columns = jnp.concatenate([window(offset) for offset in offsets], axis=1)
+    return matmul(columns, grad).reshape(kh, kw, cin, cout)
+
   # Independent halves of the contraction (batched, then added): XLA:CPU does not spread one matmul with a
   # small cin x cout output and a huge contraction well over cores (256x256 64->64, batch 4: 1717 ms as
   # one matmul per tap, 704 ms in 8 parts; 128x128 64->64: 183 ms in 2 parts, 170 ms in 8).
-  halves = 2 if (n * out_height * out_width) % 2 == 0 else 1
-  grad = out_grad.reshape(halves, -1, cout)
-  span = ((out_height - 1) * strides[0] + 1, (out_width - 1) * strides[1] + 1)
+  halves = 2 if cin * cout < HALVES_BELOW_CHANNEL_PRODUCT and grad.shape[0] % 2 == 0 else 1
+  grad = grad.reshape(halves, -1, cout)
 
   def one_tap(_, offset):
-    window = jax.lax.dynamic_slice(x, (0, offset[0], offset[1], 0), (n, *span, cin))
-    window = window[:, ::strides[0], ::strides[1], :]
-    tap = jax.lax.dot_general(window.reshape(halves, -1, cin), grad, (((1,), (1,)), ((0,), (0,))),
-                              precision=precision, preferred_element_type=jnp.float32)
-    return None, tap.sum(axis=0)
+    return None, matmul(window(offset).reshape(halves, -1, cin), grad).sum(axis=0)
 
   # One tap after another (a scan): unrolled, XLA keeps all kh * kw input-sized windows alive at once.
-  offsets = jnp.array([(i * dilation[0], j * dilation[1]) for i in range(kh) for j in range(kw)], jnp.int32)
-  _, taps = jax.lax.scan(one_tap, None, offsets)
+  _, taps = jax.lax.scan(one_tap, None, jnp.array(offsets, jnp.int32))
   return taps.reshape(kh, kw, cin, cout)
 
 
