@@ -257,6 +257,26 @@ def test_fcn_gives_the_same_logits_with_and_without_the_small_map_matmul():
   np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape, window, strides", [
+    ((2, 17, 17, 8), (3, 3), (2, 2)),  # ResNet's stem pool (on a zero-padded map: odd size)
+    ((2, 16, 12, 8), (2, 2), (2, 2)),  # U-Net's and FCN-8s's
+    ((1, 9, 11, 3), (3, 2), (1, 3)),
+])
+def test_max_pool_equals_flax_max_pool_with_its_gradient(shape, window, strides):
+  # After a ReLU: many ties (zeros), where the gradient must go to the same element as select-and-scatter's.
+  x = jnp.maximum(_x(shape), 0.0).at[:, ::2].set(0.5)
+  cotangent = _x(nn.max_pool(x, window, strides=strides).shape, seed=1)
+  ours = lambda x: layers.max_pool(x, window, strides)
+  reference = lambda x: nn.max_pool(x, window, strides=strides, padding="VALID")
+  assert "reduce_window" not in str(jax.make_jaxpr(ours)(x))  # the CPU path is the one under test
+  (y, vjp), (y_ref, vjp_ref) = jax.vjp(ours, x), jax.vjp(reference, x)
+  np.testing.assert_array_equal(y, y_ref)
+  # Overlapping windows add their gradients in another order: float rounding at most.
+  np.testing.assert_allclose(vjp(cotangent)[0], vjp_ref(cotangent)[0], rtol=1e-6, atol=1e-6)
+  with layers.lax_convolutions():  # exports: the pooling op itself
+    assert "reduce_window" in str(jax.make_jaxpr(lambda x: layers.max_pool(x, window, strides))(x))
+
+
 def test_upsample_nearest2x_repeats_each_pixel():
   x = jnp.arange(6.0).reshape(1, 2, 3, 1)
   y = layers.upsample_nearest2x(x)

@@ -60,7 +60,7 @@ class VGGEncoder(nn.Module):
     for i, (num_convs, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(num_convs):
         x = layers.ConvBNReLU(width, conv, norm, name=f"conv{i + 1}_{j + 1}")(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = layers.max_pool(x, (2, 2), strides=(2, 2))
       features.append(x)
     return features
 

@@ -171,7 +171,7 @@ class ResNetEncoder(nn.Module):
     features = [x]
     # Zero padding, not max_pool's -inf: the same maxima after a ReLU (every window holds a value >= 0),
     # and an int8 TFLite export cannot quantise -inf (XNNPACK and the reference kernels reject the pad).
-    x = nn.max_pool(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), strides=(2, 2), padding="VALID")
+    x = layers.max_pool(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), strides=(2, 2))
 
     previous_stride = 4
     for i, num_blocks in enumerate(self.stage_sizes):

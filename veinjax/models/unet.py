@@ -144,7 +144,7 @@ class UNetEncoder(nn.Module):
     features = []
     for i, width in enumerate(self.widths):
       if i > 0:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = layers.max_pool(x, (2, 2), strides=(2, 2))
       x = layers.ConvBNReLU(width, conv, norm, name=f"down{i}_conv1")(x)
       x = layers.ConvBNReLU(width, conv, norm, name=f"down{i}_conv2")(x)
       features.append(x)
