@@ -277,6 +277,12 @@ def test_max_pool_equals_flax_max_pool_with_its_gradient(shape, window, strides)
     assert "reduce_window" in str(jax.make_jaxpr(lambda x: layers.max_pool(x, window, strides))(x))
 
 
+def test_max_pool_keeps_a_nan_as_flax_does():
+  x = jnp.zeros((1, 4, 4, 2)).at[0, 1, 1, 0].set(jnp.nan).at[0, 3, 3, 1].set(jnp.nan)
+  np.testing.assert_array_equal(layers.max_pool(x, (2, 2), (2, 2)), nn.max_pool(x, (2, 2), strides=(2, 2)))
+  assert int(jnp.isnan(layers.max_pool(x, (2, 2), (2, 2))).sum()) == 2
+
+
 def test_upsample_nearest2x_repeats_each_pixel():
   x = jnp.arange(6.0).reshape(1, 2, 3, 1)
   y = layers.upsample_nearest2x(x)
