@@ -98,7 +98,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
           and tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
           and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1)
           and tuple(dimension_numbers.out_spec) == (0, 3, 1, 2))
-  eligible = (_cpu_workarounds and jax.default_backend() == "cpu" and nhwc
+  eligible = (cpu_workarounds_active() and nhwc
               and feature_group_count == 1 and batch_group_count == 1
               and all(d == 1 for d in (lhs_dilation or (1, 1))))
   plain = functools.partial(
@@ -251,22 +251,35 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int]) ->
   in row-major order, as select-and-scatter does, so values and gradients are the same; a NaN in a window
   gives NaN, as `nn.max_pool` does.
   """
-  if not (_cpu_workarounds and jax.default_backend() == "cpu"):
+  if not cpu_workarounds_active():
     return nn.max_pool(x, window, strides=strides, padding="VALID")
-  n, height, width, channels = x.shape
-  out_height, out_width = ((size - k) // s + 1 for size, k, s in zip((height, width), window, strides))
+  out_size = tuple((size - k) // s + 1 for size, k, s in zip(x.shape[1:3], window, strides))
   result = None
   for i in range(window[0]):
     for j in range(window[1]):
-      tap = jax.lax.slice(x, (0, i, j, 0),
-                          (n, i + (out_height - 1) * strides[0] + 1, j + (out_width - 1) * strides[1] + 1, channels),
-                          (1, *strides, 1))
+      tap = tap_slice(x, (i, j), out_size, strides)
       # Strict: the first maximum wins. A NaN is taken and then kept (nothing compares greater).
       result = tap if result is None else jnp.where((tap > result) | jnp.isnan(tap), tap, result)
   return result
 
 
+def tap_slice(x: jax.Array, offset: tuple[int, int], out_size: tuple[int, int],
+              strides: tuple[int, int]) -> jax.Array:
+  """What the kernel (or pooling window) tap at `offset` = (top, left) sees of NHWC `x` for each of the
+  out_size output pixels: x[:, top + p * stride_h, left + q * stride_w, :]."""
+  (top, left), (out_height, out_width), (stride_h, stride_w) = offset, out_size, strides
+  n, _, _, channels = x.shape
+  return jax.lax.slice(x, (0, top, left, 0),
+                       (n, top + (out_height - 1) * stride_h + 1, left + (out_width - 1) * stride_w + 1, channels),
+                       (1, stride_h, stride_w, 1))
+
+
 _cpu_workarounds = True  # see lax_convolutions()
+
+
+def cpu_workarounds_active() -> bool:
+  """Whether a model traced now takes the CPU workarounds (on CPU, outside `lax_convolutions()`)."""
+  return _cpu_workarounds and jax.default_backend() == "cpu"
 
 
 @contextlib.contextmanager

@@ -44,8 +44,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          precision=None, preferred_element_type=None):
   """`layers.conv_general_dilated`, except that on XLA:CPU depthwise and thin-input convs are shift-adds."""
   channels = lhs.shape[-1]
-  eligible = (layers._cpu_workarounds  # pylint: disable=protected-access  (the lax_convolutions switch)
-              and jax.default_backend() == "cpu" and _is_nhwc(lhs, dimension_numbers)
+  eligible = (layers.cpu_workarounds_active() and _is_nhwc(lhs, dimension_numbers)
               and batch_group_count == 1 and not isinstance(padding, str)
               and all(d == 1 for d in (lhs_dilation or (1, 1))))
   is_depthwise = feature_group_count == channels > 1 and rhs.shape[2:] == (1, channels)
@@ -70,17 +69,14 @@ def shift_add(x: jax.Array, kernel: jax.Array, strides, padding, dilation, depth
   kh, kw, cin, _ = kernel.shape
   (sh, sw), (dh, dw) = strides, dilation
   x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  n, height, width, c = x.shape
-  out_h = (height - dh * (kh - 1) - 1) // sh + 1
-  out_w = (width - dw * (kw - 1) - 1) // sw + 1
+  _, height, width, _ = x.shape
+  out_size = ((height - dh * (kh - 1) - 1) // sh + 1, (width - dw * (kw - 1) - 1) // sw + 1)
   acc = jnp.promote_types(x.dtype, jnp.float32)
   x, kernel = x.astype(acc), kernel.astype(acc)
   out = None
   for i in range(kh):
     for j in range(kw):
-      start = (0, i * dh, j * dw, 0)
-      limit = (n, i * dh + sh * (out_h - 1) + 1, j * dw + sw * (out_w - 1) + 1, c)
-      tap = jax.lax.slice(x, start, limit, (1, sh, sw, 1))
+      tap = layers.tap_slice(x, (i * dh, j * dw), out_size, strides)
       if depthwise:
         terms = [tap * kernel[i, j, 0]]
       else:
