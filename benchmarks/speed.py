@@ -9,16 +9,18 @@ r"""Training and inference speed of the real train step, with the device's matmu
   python -m benchmarks.speed --xla_convolutions  # + each train step with XLA's own convolutions (before/after)
   python -m benchmarks.speed --table_from=speed.jsonl        # the Markdown table of earlier JSON lines
 
-Prints one JSON line per measurement as it is made (`kind`: matmul, train, infer, pipeline, peer), then a
-Markdown table. Per model (`model` or `model:encoder`) and precision (`--precisions`: bf16 =
-`config.half_precision`, fp32):
+Prints one JSON line per measurement as it is made (`kind`: matmul, train, infer, pipeline, peer,
+head_to_head), then a Markdown table. Per model (`model` or `model:encoder`) and precision (`--precisions`:
+bf16 = `config.half_precision`, fp32):
 
 - train: images/s of the REAL train step (`steps.create_train_state` + `steps.wrap_train_step` under
   `--parallelism`, pmap or jit, through `parallel.DataParallel`; the config's optimizer and loss, Adam + BCE
   by default: `--config.<field>=...` overrides any other field of configs/default.py) on a synthetic batch
   (random [0, 1) image, random 0/1 label) already on the devices; the median of `--steps` steps after
-  `--warmup`, each waiting for its result. `compile_s`: the first call (trace, compile, run, wait), as the
-  trainer sees it. `flops_per_step`: XLA's cost analysis of that compiled step (all devices; a multiply-add
+  `--warmup`, each waiting for its result. `compile_s`: trace + lower + XLA compile (ahead of time; the
+  timed steps run that executable); `first_call_s`: that + the first step and its wait, what a trainer
+  waits for (JSON lines of runs before this split have no `first_call_s`, and their `compile_s` was the
+  first call). `flops_per_step`: XLA's cost analysis of that compiled step (all devices; a multiply-add
   counts 2; on CPU it counts the CPU convolution workarounds of `veinjax.models.layers` / `light_layers`
   that the step really runs), so `achieved_tflops` = flops / median step seconds.
 - infer: `steps.predict_logits` jitted on one device, ms per frame at batch 1 and images/s at
@@ -43,7 +45,11 @@ then): smp `Unet("resnet34", encoder_weights=None, in_channels=1, classes=1)`, A
 the same size and batch, train images/s and inference ms at batch 1; on CUDA with channels_last, cuDNN
 benchmark mode, torch.compile and, for bf16, bf16 autocast; on CPU eager fp32 only. Its lines carry the
 veinjax/peer speed ratios of `resnet34_unet` (resnet34) in the same precision measured in the same run
-(> 1: veinjax is faster). With --peer, JAX is left half the GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
+(> 1: veinjax is faster). Those two are minutes apart; then `--peer_rounds` alternating rounds (default 4:
+an even count, so each framework goes first as often) time both again, each round --steps train steps and
+--steps batch-1 frames of each framework (veinjax then PyTorch, then PyTorch then veinjax, ...), on the same
+compiled step, model and state: a `head_to_head` line with each round's ms and ratio and the median ratio,
+the figure to quote on a machine whose speed drifts. With --peer, JAX is left half the GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
 unless set) so that PyTorch has room.
 
 `--xla_convolutions`: each train step is timed a second time, traced inside `layers.lax_convolutions()`
@@ -56,8 +62,8 @@ augmentation, augmented images/s (median of `--steps` epochs after one warm-up e
 TensorFlow imported: without `--pipeline` (the accelerator machine has no TensorFlow) nothing imports it.
 
 Bad input (an unknown model or encoder, a size not divisible by 32, a batch that does not divide over the
-devices, --peer without torch) stops before anything is compiled, with a message naming the flag and the
-valid choices, exit status 2. benchmarks/gpu_speed.sh is the prepared run for a lent GPU.
+devices, --peer without torch, a negative --peer_rounds) stops before anything is compiled, with a message
+naming the flag and the valid choices, exit status 2. benchmarks/gpu_speed.sh is the prepared run for a lent GPU.
 """
 
 from __future__ import annotations
@@ -71,7 +77,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -247,14 +253,24 @@ def _xla_bytes(compiled: Any) -> int | None:
     return None
 
 
-def _compiled(fn, *args) -> Any:
-  """The executable `fn(*args)` ran (same shapes: JAX's cache, not a second compilation), for its cost and
-  memory analyses; None (and a note) where this JAX cannot lower it."""
+def _compile_and_first_call(fn, *args) -> tuple[Any, Any, dict]:
+  """Compiles `fn` for `args` ahead of time, then calls the executable once: (executable, first result,
+  {compile_s, first_call_s}).
+
+  `compile_s` = trace + lower + XLA compile (what the compile target is about); `first_call_s` = that + the
+  first run and its wait (what a trainer sees before its first step returns). The timed steps then run the
+  same executable, and its cost and memory analyses are read from it. Where this JAX cannot compile `fn`
+  ahead of time: executable None, `fn` called instead, compile_s None."""
+  start = time.perf_counter()
   try:
-    return fn.lower(*args).compile()
+    compiled = fn.lower(*args).compile()
   except Exception as e:  # pylint: disable=broad-except
-    _log(f"no XLA cost / memory analysis: {type(e).__name__}: {e}")
-    return None
+    _log(f"no ahead-of-time compile (so no XLA cost / memory analysis): {type(e).__name__}: {e}")
+    compiled = None
+  compile_s = time.perf_counter() - start if compiled is not None else None
+  call = fn if compiled is None else compiled
+  out = jax.block_until_ready(call(*args))
+  return compiled, out, {"compile_s": compile_s, "first_call_s": time.perf_counter() - start}
 
 
 def _flops(compiled: Any) -> float | None:
@@ -300,8 +316,10 @@ def measure_matmul(n: int, dtype: Any, *, reps: int = 1, num_steps: int = 5, war
 
 
 def measure_train(config, *, num_steps: int = 5, warmup: int = 2, variables: dict | None = None,
-                  devices: Sequence[jax.Device] | None = None) -> dict:
-  """The config's real train step under its parallelism: images/s, compile seconds, FLOPs, memory."""
+                  devices: Sequence[jax.Device] | None = None, keep_timer: bool = False):
+  """The config's real train step under its parallelism: images/s, compile seconds, FLOPs, memory.
+
+  With `keep_timer`: (result, timer), `timer(n)` the seconds of n more steps of the same compiled step."""
   par = parallel.DataParallel(config.parallelism, devices)
   before = peak_bytes(par.local_devices)
   try:
@@ -318,16 +336,13 @@ def measure_train(config, *, num_steps: int = 5, warmup: int = 2, variables: dic
   batch = par.shard(synthetic_batch(config, config.batch_size, config.seed))
   train_step = steps.wrap_train_step(config, par, learning_rate_fn)
 
-  start = time.perf_counter()
-  state, metrics = train_step(state, batch)
-  jax.block_until_ready((state, metrics))
-  compile_s = time.perf_counter() - start
-  compiled = _compiled(train_step, state, batch)
+  compiled, (state, metrics), first = _compile_and_first_call(train_step, state, batch)
+  step_fn = train_step if compiled is None else compiled
   per_device_flops = _flops(compiled)
 
   def one_step():
     nonlocal state, metrics
-    state, metrics = train_step(state, batch)
+    state, metrics = step_fn(state, batch)
     return state, metrics
 
   times = timing.run_seconds(one_step, num_steps, warmup)
@@ -338,20 +353,24 @@ def measure_train(config, *, num_steps: int = 5, warmup: int = 2, variables: dic
       "images_per_s": config.batch_size / step_s,
       "step_ms": 1e3 * step_s,
       "step_ms_min": 1e3 * min(times),
-      "compile_s": compile_s,
+      **first,
       "flops_per_step": flops,
       "achieved_tflops": None if flops is None else flops / step_s / 1e12,
       "xla_bytes_per_device": _xla_bytes(compiled),
       "train_loss": loss if math.isfinite(loss) else None,
       **_memory_fields(before, par.local_devices),
   }
+  if keep_timer:  # more timed steps later (`--peer` rounds), on the same compiled step and state
+    return result, lambda runs: timing.run_seconds(one_step, runs, warmup=0)
   del state, metrics, batch
   return result
 
 
 def measure_infer(config, *, infer_batch: int = 32, num_steps: int = 5, warmup: int = 2,
-                  variables: dict | None = None) -> dict:
-  """`steps.predict_logits` jitted on the first device: ms per frame at batch 1, images/s at `infer_batch`."""
+                  variables: dict | None = None, keep_timer: bool = False):
+  """`steps.predict_logits` jitted on the first device: ms per frame at batch 1, images/s at `infer_batch`.
+
+  With `keep_timer`: (result, timer), `timer(n)` the seconds of n more batch-1 calls."""
   device = jax.devices()[0]
   model = steps.create_model(config)
   if variables is None:
@@ -366,21 +385,23 @@ def measure_infer(config, *, infer_batch: int = 32, num_steps: int = 5, warmup: 
                     achieved_tflops_bn=result["achieved_tflops_b1"], xla_bytes_bn=_xla_bytes(compiled))
       break
     images = jax.device_put(synthetic_batch(config, batch, config.seed)["image"], device)
-    start = time.perf_counter()
-    jax.block_until_ready(forward(variables, images))
-    compile_s = time.perf_counter() - start
-    compiled = _compiled(forward, variables, images)
+    compiled, _, first = _compile_and_first_call(forward, variables, images)
+    call = functools.partial(forward if compiled is None else compiled, variables, images)
     flops = _flops(compiled)
-    times = timing.run_seconds(lambda: forward(variables, images), num_steps, warmup)  # pylint: disable=cell-var-from-loop
+    times = timing.run_seconds(call, num_steps, warmup)
     seconds = statistics.median(times)
     if key == "b1":
-      result.update(ms_per_frame=1e3 * seconds, ms_per_frame_min=1e3 * min(times), compile_s_b1=compile_s,
+      b1_call = call
+      result.update(ms_per_frame=1e3 * seconds, ms_per_frame_min=1e3 * min(times),
+                    compile_s_b1=first["compile_s"], first_call_s_b1=first["first_call_s"],
                     achieved_tflops_b1=None if flops is None else flops / seconds / 1e12)
     else:
-      result.update(images_per_s=batch / seconds, compile_s_bn=compile_s,
+      result.update(images_per_s=batch / seconds, compile_s_bn=first["compile_s"],
                     achieved_tflops_bn=None if flops is None else flops / seconds / 1e12,
                     xla_bytes_bn=_xla_bytes(compiled))
   result.update(_memory_fields(before, [device]))
+  if keep_timer:  # more timed batch-1 calls later (`--peer` rounds)
+    return result, lambda runs: timing.run_seconds(b1_call, runs, warmup=0)
   return result
 
 
@@ -429,11 +450,12 @@ def import_peer():
 
 
 def measure_peer(*, size: int, batch: int, precision: str = "fp32", num_steps: int = 5,
-                 warmup: int = 2) -> dict | None:
+                 warmup: int = 2, keep_timers: bool = False):
   """smp Unet("resnet34") with Adam 1e-3 + BCEWithLogits: train images/s and inference ms at batch 1.
 
   On CUDA: channels_last, torch.compile, bf16 autocast for precision "bf16". On CPU: eager fp32; None for
-  "bf16" (not measured there).
+  "bf16" (not measured there). With `keep_timers`: (result, train timer, batch-1 inference timer), each
+  `timer(n)` the seconds of n more calls.
   """
   torch, smp = import_peer()
   cuda = torch.cuda.is_available()
@@ -473,21 +495,21 @@ def measure_peer(*, size: int, batch: int, precision: str = "fp32", num_steps: i
     with torch.inference_mode(), autocast():
       return forward(frame)
 
-  def timed(fn) -> tuple[float, list[float]]:
-    start = time.perf_counter()
-    fn()
-    sync()
-    first = time.perf_counter() - start
-    for _ in range(warmup):
-      fn()
-    sync()
+  def seconds(fn, runs: int) -> list[float]:
     times = []
-    for _ in range(num_steps):
+    for _ in range(runs):
       start = time.perf_counter()
       fn()
       sync()
       times.append(time.perf_counter() - start)
-    return first, times
+    return times
+
+  def timed(fn) -> tuple[float, list[float]]:
+    first = seconds(fn, 1)[0]
+    for _ in range(warmup):
+      fn()
+    sync()
+    return first, seconds(fn, num_steps)
 
   if cuda:
     torch.cuda.reset_peak_memory_stats()
@@ -497,7 +519,7 @@ def measure_peer(*, size: int, batch: int, precision: str = "fp32", num_steps: i
   net.eval()
   infer_compile_s, infer_times = timed(infer)
   step_s = statistics.median(train_times)
-  return {
+  result = {
       "peer": 'segmentation_models_pytorch Unet("resnet34", encoder_weights=None, in_channels=1, classes=1)',
       "torch_version": torch.__version__, "smp_version": getattr(smp, "__version__", None),
       "torch_device": torch.cuda.get_device_name() if cuda else "cpu", "torch_threads": torch.get_num_threads(),
@@ -507,6 +529,50 @@ def measure_peer(*, size: int, batch: int, precision: str = "fp32", num_steps: i
       "ms_per_frame": 1e3 * statistics.median(infer_times), "infer_compile_s": infer_compile_s,
       "train_peak_bytes_allocated": train_peak,
   }
+  if not keep_timers:
+    return result
+
+  def train_timer(runs: int) -> list[float]:
+    net.train()
+    return seconds(train_step, runs)
+
+  def infer_timer(runs: int) -> list[float]:
+    net.eval()
+    return seconds(infer, runs)
+
+  return result, train_timer, infer_timer
+
+
+def alternating_rounds(timers: Sequence[Callable[[int], list[float]]], rounds: int,
+                       runs: int) -> list[list[float]]:
+  """Per timer, the median seconds of `runs` calls in each of `rounds` rounds: [timer][round].
+
+  The timers take turns, in order in even rounds and in reverse order in odd ones (A B, B A, A B, ...), so a
+  machine whose speed drifts during the measurement (this VM's does, by up to ~30%) slows both alike and the
+  per-round ratios stay fair; measuring one framework fully before the other puts the drift into the ratio.
+  """
+  medians: list[list[float]] = [[] for _ in timers]
+  for r in range(rounds):
+    order = range(len(timers)) if r % 2 == 0 else reversed(range(len(timers)))
+    for i in order:
+      medians[i].append(statistics.median(timers[i](runs)))
+  return medians
+
+
+def head_to_head(ours: tuple[Callable, Callable], peer: tuple[Callable, Callable], *, rounds: int,
+                 runs: int) -> dict:
+  """veinjax's and the peer's train step and batch-1 inference (each a (train, infer) pair of timers) in
+  alternating rounds: the median step / frame ms of each round, the veinjax-over-peer speed ratio of each
+  round (> 1: veinjax faster) and the median of those ratios."""
+  record = {"rounds": rounds, "runs_per_round": runs}
+  for name, our_timer, peer_timer in (("train", ours[0], peer[0]), ("infer", ours[1], peer[1])):
+    our_s, peer_s = alternating_rounds([our_timer, peer_timer], rounds, runs)
+    ratios = [p / o for o, p in zip(our_s, peer_s)]
+    record.update({f"veinjax_{name}_ms_per_round": [1e3 * t for t in our_s],
+                   f"peer_{name}_ms_per_round": [1e3 * t for t in peer_s],
+                   f"veinjax_over_peer_{name}_per_round": ratios,
+                   f"veinjax_over_peer_{name}": statistics.median(ratios)})
+  return record
 
 
 # ---- Output ----
@@ -514,6 +580,12 @@ def measure_peer(*, size: int, batch: int, precision: str = "fp32", num_steps: i
 
 def _fmt(value, spec: str, scale: float = 1.0) -> str:
   return "n/a" if value is None else format(value * scale, spec)
+
+
+def _compile_cell(record: dict) -> str:
+  if "first_call_s" not in record:  # a line from before the split: its compile_s was the first call
+    return f"n/a ({_fmt(record.get('compile_s'), '.1f')})"
+  return f"{_fmt(record.get('compile_s'), '.1f')} ({_fmt(record['first_call_s'], '.1f')})"
 
 
 def markdown_table(records: Sequence[dict]) -> str:
@@ -525,8 +597,8 @@ def markdown_table(records: Sequence[dict]) -> str:
   infer_batches = sorted({r["infer_batch"] for r in infers.values()})
   bn = "/".join(f"b{b}" for b in infer_batches) or "b?"
   lines = [
-      f"| model | encoder | precision | size | batch | train images/s | step ms | compile s | TFLOP/s | "
-      f"of matmul peak | peak GiB | XLA GiB/device | infer ms/frame (b1) | infer images/s ({bn}) |",
+      f"| model | encoder | precision | size | batch | train images/s | step ms | compile s (first call s) | "
+      f"TFLOP/s | of matmul peak | peak GiB | XLA GiB/device | infer ms/frame (b1) | infer images/s ({bn}) |",
       "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for r in trains:
@@ -536,7 +608,7 @@ def markdown_table(records: Sequence[dict]) -> str:
     lines.append(
         f"| `{r['model']}`{convolutions} | {r['encoder'] or '(own)'} | {r['precision']} | {r['size']} | "
         f"{r['batch']} ({r['parallelism']}) | {_fmt(r.get('images_per_s'), '.1f')} | "
-        f"{_fmt(r.get('step_ms'), '.1f')} | {_fmt(r.get('compile_s'), '.1f')} | "
+        f"{_fmt(r.get('step_ms'), '.1f')} | {_compile_cell(r)} | "
         f"{_fmt(r.get('achieved_tflops'), '.3g')} | {_fmt(r.get('fraction_of_matmul_peak'), '.0%')} | "
         f"{'≤' if r.get('peak_is_this_measurement') is False else ''}"
         f"{_fmt(r.get('peak_bytes_in_use'), '.2f', 2.0 ** -30)} | "
@@ -571,6 +643,13 @@ def markdown_table(records: Sequence[dict]) -> str:
           f"train {e['images_per_s']:.1f} images/s, infer {e['ms_per_frame']:.2f} ms/frame; veinjax/peer: train "
           f"{_fmt(e.get('veinjax_over_peer_train_images_per_s'), '.2f')}x, infer "
           f"{_fmt(e.get('veinjax_over_peer_infer_frames_per_s'), '.2f')}x (> 1: veinjax faster).")
+    elif e.get("kind") == "head_to_head":
+      def rounds_text(name: str) -> str:  # pylint: disable=cell-var-from-loop
+        per_round = ", ".join(f"{x:.2f}" for x in e[f"veinjax_over_peer_{name}_per_round"])
+        return f"{name} {e[f'veinjax_over_peer_{name}']:.2f}x ({per_round})"
+      lines.append(f"veinjax/peer {e['precision']} in {e['rounds']} alternating rounds of {e['runs_per_round']} "
+                   f"(median of the rounds' ratios; each round's in brackets): {rounds_text('train')}, "
+                   f"{rounds_text('infer')} (> 1: veinjax faster).")
     elif e.get("kind") == "pipeline":
       lines.append(f"Input pipeline: {e['images_per_s']:.1f} augmented images/s ({e['size']}x{e['size']}, "
                    f"batch {e['batch']}, the config's augmentation).")
@@ -599,7 +678,7 @@ def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, 
         precisions: Sequence[str], num_steps: int, warmup: int, matmul_size: int = 0, matmul_reps: int = 0,
         peer: bool = False, peer_precisions: Sequence[str] | None = None, pipeline: bool = False,
         xla_convolutions: bool = False, base: ml_collections.ConfigDict | None = None,
-        json_out: str = "") -> list[dict]:
+        json_out: str = "", peer_rounds: int = 4) -> list[dict]:
   """The whole benchmark: prints JSON lines as it goes and the Markdown table at the end; all records."""
   parsed = check_inputs(model_specs, size=size, batch=batch, infer_batch=infer_batch, num_steps=num_steps,
                         warmup=warmup, precisions=precisions, parallelism=parallelism)
@@ -608,6 +687,8 @@ def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, 
     if precision not in PRECISIONS:
       raise BenchmarkError(f"--peer_precisions: unknown precision {precision!r}; choose from "
                            f"{', '.join(PRECISIONS)}")
+  if peer_rounds < 0:
+    raise BenchmarkError(f"--peer_rounds={peer_rounds}: give 0 (no alternating rounds) or more")
   if peer:
     import_peer()  # fail now, not after the veinjax measurements
   base = default_config() if base is None else base
@@ -633,6 +714,7 @@ def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, 
                                 **measure_matmul(n, dtype, reps=reps, num_steps=num_steps, warmup=warmup)})
 
     ours = {}  # (model, encoder, precision) -> (train record, infer record), for the peer's ratios
+    our_timers = {}  # precision -> (train timer, batch-1 infer timer) of resnet34_unet, for the peer rounds
     for name, encoder in parsed:
       variables = None
       for precision in precisions:
@@ -644,7 +726,11 @@ def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, 
         ident = {"model": name, "encoder": encoder, "precision": precision,
                  "optimizer": config.optimizer, "loss": config.loss}
         _log(f"{name}:{encoder} {precision} train (batch {batch}, {parallelism})")
-        train = measure_train(config, num_steps=num_steps, warmup=warmup, variables=variables)
+        # The peer's model: keep its compiled step and state for the alternating rounds after the peer.
+        keep = peer and peer_rounds > 0 and (name, encoder) == ("resnet34_unet", "resnet34")
+        train = measure_train(config, num_steps=num_steps, warmup=warmup, variables=variables, keep_timer=keep)
+        if keep:
+          train, train_timer = train
         peak = matmul[precision]["tflops"] * jax.device_count()
 
         def train_line(result: dict, convolutions: str, **extra) -> dict:  # pylint: disable=cell-var-from-loop
@@ -663,7 +749,10 @@ def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, 
                           veinjax_over_xla_convolutions_train=train["images_per_s"] / plain["images_per_s"]))
         _log(f"{name}:{encoder} {precision} infer (batch 1 and {infer_batch})")
         infer = measure_infer(config, infer_batch=infer_batch, num_steps=num_steps, warmup=warmup,
-                              variables=variables)
+                              variables=variables, keep_timer=keep)
+        if keep:
+          infer, infer_timer = infer
+          our_timers[precision] = (train_timer, infer_timer)
         infer_record = emit({"kind": "infer", **ident, "batch": 1, "infer_batch": infer_batch, **infer})
         ours[(name, encoder, precision)] = (train_record, infer_record)
 
@@ -674,8 +763,10 @@ def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, 
     if peer:
       for precision in peer_precisions:
         _log(f"peer smp Unet(resnet34) {precision}")
+        rounds = peer_rounds if precision in our_timers else 0
         try:
-          result = measure_peer(size=size, batch=batch, precision=precision, num_steps=num_steps, warmup=warmup)
+          result = measure_peer(size=size, batch=batch, precision=precision, num_steps=num_steps, warmup=warmup,
+                                keep_timers=rounds > 0)
         except Exception as e:  # pylint: disable=broad-except  # e.g. torch.compile failing: keep the table
           _log(f"peer {precision} failed: {type(e).__name__}: {e}")
           emit({"kind": "peer", "precision": precision, "batch": batch, "error": f"{type(e).__name__}: {e}"})
@@ -683,12 +774,19 @@ def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, 
         if result is None:
           _log(f"peer {precision}: not measured on CPU (bf16 autocast + torch.compile are for CUDA)")
           continue
+        if rounds:
+          result, peer_train_timer, peer_infer_timer = result
         ratios = {"veinjax_over_peer_train_images_per_s": None, "veinjax_over_peer_infer_frames_per_s": None}
         if ("resnet34_unet", "resnet34", precision) in ours:
           train_record, infer_record = ours[("resnet34_unet", "resnet34", precision)]
           ratios = {"veinjax_over_peer_train_images_per_s": train_record["images_per_s"] / result["images_per_s"],
                     "veinjax_over_peer_infer_frames_per_s": result["ms_per_frame"] / infer_record["ms_per_frame"]}
         emit({"kind": "peer", "precision": precision, "batch": batch, **result, **ratios})
+        if rounds:
+          _log(f"veinjax and peer {precision}: {rounds} alternating rounds of {num_steps} steps and frames")
+          emit({"kind": "head_to_head", "precision": precision, "batch": batch, "size": size,
+                **head_to_head(our_timers[precision], (peer_train_timer, peer_infer_timer), rounds=rounds,
+                               runs=num_steps)})
     print(markdown_table(records), flush=True)
   finally:
     if json_file is not None:
@@ -716,6 +814,10 @@ def _define_flags():
   flags.DEFINE_bool("peer", False, "Also time smp Unet('resnet34') in PyTorch (needs torch and "
                     "segmentation_models_pytorch).")
   flags.DEFINE_list("peer_precisions", [], "The peer's precisions (empty: --precisions).")
+  flags.DEFINE_integer("peer_rounds", 4, "With --peer: after both frameworks' own measurements, this many "
+                       "alternating rounds (veinjax then PyTorch, then PyTorch then veinjax, ...) of --steps "
+                       "train steps and --steps batch-1 inferences of resnet34_unet each; the ratio of each "
+                       "round and their median, robust to a machine whose speed drifts (0: none).")
   flags.DEFINE_bool("pipeline", False, "Also time the tf.data input pipeline (imports TensorFlow).")
   flags.DEFINE_bool("xla_convolutions", False, "Also time each train step with XLA's own convolutions only "
                     "(without veinjax's CPU workarounds, `layers.lax_convolutions()`): their before/after.")
@@ -745,7 +847,7 @@ def main(argv: Sequence[str]) -> None:
     run(model_specs=f.models, size=f.size, batch=f.batch, infer_batch=f.infer_batch, parallelism=f.parallelism,
         precisions=f.precisions, num_steps=f.steps, warmup=f.warmup, matmul_size=f.matmul_size,
         matmul_reps=f.matmul_reps, peer=f.peer, peer_precisions=f.peer_precisions, pipeline=f.pipeline,
-        xla_convolutions=f.xla_convolutions,
+        xla_convolutions=f.xla_convolutions, peer_rounds=f.peer_rounds,
         base=f.config, json_out=f.json_out)
   except BenchmarkError as e:
     print(f"speed: error: {e}", file=sys.stderr)

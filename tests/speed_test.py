@@ -8,6 +8,7 @@ optimisations mostly off, as in this suite), which also shows what it imports.
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 
@@ -42,16 +43,84 @@ def test_measure_functions_return_positive_finite_numbers():
   assert (config.optimizer, config.loss, config.image_size, config.batch_size) == ("adam", "bce", 32, 2)
   variables = speed.initial_variables(config)
   train = speed.measure_train(config, num_steps=1, warmup=0, variables=variables)
-  for key in ("images_per_s", "step_ms", "compile_s", "flops_per_step", "achieved_tflops",
+  for key in ("images_per_s", "step_ms", "compile_s", "first_call_s", "flops_per_step", "achieved_tflops",
               "xla_bytes_per_device", "train_loss"):
     assert _positive_finite(train[key]), (key, train)
+  assert train["compile_s"] < train["first_call_s"]  # the first call = compile + the first step
   assert train["peak_bytes_in_use"] is None or train["peak_bytes_in_use"] > 0  # None on CPU
   infer = speed.measure_infer(config, infer_batch=2, num_steps=1, warmup=0, variables=variables)
-  for key in ("ms_per_frame", "images_per_s", "compile_s_b1", "compile_s_bn", "achieved_tflops_b1"):
+  for key in ("ms_per_frame", "images_per_s", "compile_s_b1", "first_call_s_b1", "compile_s_bn",
+              "achieved_tflops_b1"):
     assert _positive_finite(infer[key]), (key, infer)
   for dtype in (jnp.float32, jnp.bfloat16):
     matmul = speed.measure_matmul(64, dtype, reps=2, num_steps=1, warmup=0)
     assert _positive_finite(matmul["tflops"]) and matmul["dtype"] == jnp.dtype(dtype).name
+
+
+def test_kept_timers_time_more_steps_of_the_same_compiled_step():
+  config = speed.bench_config("resnet34_unet", "resnet18", size=32, batch=2, parallelism="jit")
+  variables = speed.initial_variables(config)
+  train, train_timer = speed.measure_train(config, num_steps=1, warmup=0, variables=variables, keep_timer=True)
+  infer, infer_timer = speed.measure_infer(config, infer_batch=2, num_steps=1, warmup=0, variables=variables,
+                                           keep_timer=True)
+  assert _positive_finite(train["step_ms"]) and _positive_finite(infer["ms_per_frame"])
+  for timer in (train_timer, infer_timer):
+    seconds = timer(3)
+    assert len(seconds) == 3 and all(_positive_finite(t) for t in seconds)
+    # Already compiled: none of the later calls takes anywhere near the compile time.
+    assert max(seconds) < train["compile_s"], (seconds, train["compile_s"])
+
+
+class _DriftingMachine:
+  """A simulated clock: each call of a timer costs its work times the machine's slowness, which grows by
+  `drift` per call (as this VM's speed drifts); records the order of the calls."""
+
+  def __init__(self, drift):
+    self.slowness, self.drift, self.calls = 1.0, drift, []
+
+  def timer(self, name, work):
+    def run(runs):
+      seconds = []
+      for _ in range(runs):
+        self.calls.append(name)
+        seconds.append(work * self.slowness)
+        self.slowness += self.drift
+      return seconds
+    return run
+
+
+def test_alternating_rounds_take_turns_and_keep_the_ratio_on_a_drifting_machine():
+  machine = _DriftingMachine(drift=0.05)
+  ours, peer = machine.timer("ours", 1.0), machine.timer("peer", 1.25)  # veinjax truly 1.25x faster
+  our_s, peer_s = speed.alternating_rounds([ours, peer], rounds=4, runs=2)
+  assert machine.calls == ["ours"] * 2 + ["peer"] * 4 + ["ours"] * 4 + ["peer"] * 4 + ["ours"] * 2  # A B B A A B B A
+  assert len(our_s) == len(peer_s) == 4
+  ratios = [p / o for o, p in zip(our_s, peer_s)]
+  assert statistics.median(ratios) == pytest.approx(1.25, rel=0.05)
+  # What the rounds are for: one framework fully timed before the other reads the drift as speed.
+  machine = _DriftingMachine(drift=0.05)
+  ours, peer = machine.timer("ours", 1.0), machine.timer("peer", 1.25)
+  our_s = ours(8)  # veinjax first, then the peer, as the one-shot figures are measured
+  sequential = statistics.median(peer(8)) / statistics.median(our_s)
+  assert sequential > 1.25 * 1.2  # the naive ratio is off by more than 20% here
+
+
+def test_head_to_head_reports_each_round_and_the_median_ratio():
+  machine = _DriftingMachine(drift=0.0)
+  ours = (machine.timer("our train", 2.0), machine.timer("our infer", 0.5))
+  peer = (machine.timer("peer train", 3.0), machine.timer("peer infer", 0.4))
+  record = speed.head_to_head(ours, peer, rounds=3, runs=2)
+  assert record["rounds"] == 3 and record["runs_per_round"] == 2
+  assert record["veinjax_train_ms_per_round"] == [2000.0] * 3 and record["peer_infer_ms_per_round"] == [400.0] * 3
+  assert record["veinjax_over_peer_train"] == pytest.approx(1.5)  # speed ratio: > 1, veinjax faster
+  assert record["veinjax_over_peer_infer"] == pytest.approx(0.8)
+  assert record["veinjax_over_peer_train_per_round"] == pytest.approx([1.5] * 3)
+  table = speed.markdown_table([{**_ENV, "kind": "head_to_head", "precision": "fp32", **record}])
+  assert "train 1.50x (1.50, 1.50, 1.50), infer 0.80x (0.80, 0.80, 0.80)" in table
+
+
+_ENV = {"device": "CPU", "device_count": 1, "jax_version": "0", "cpu_count": 2, "cpu_affinity": 2, "steps": 2,
+        "warmup": 0}
 
 
 def test_bad_models_name_the_valid_choices():
@@ -110,6 +179,10 @@ def test_bad_input_on_the_command_line_exits_2_with_the_reason():
   result = _run_speed(["--batch=3"], env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
   assert result.returncode == 2, result.stderr[-3000:]
   assert "--batch=3" in result.stderr and "2 devices" in result.stderr
+  result = _run_speed(TINY + ["--peer_rounds=-1"])
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "--peer_rounds=-1" in result.stderr
+  assert not [line for line in result.stdout.splitlines() if line.startswith("{")]
 
 
 def test_peer_without_torch_names_the_install():
