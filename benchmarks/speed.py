@@ -582,6 +582,11 @@ def _fmt(value, spec: str, scale: float = 1.0) -> str:
   return "n/a" if value is None else format(value * scale, spec)
 
 
+def _rate(value) -> str:
+  """images/s with 3 significant digits below 100 (a CPU's 0.245), whole numbers above (a GPU's 731)."""
+  return "n/a" if value is None else format(value, ".3g" if value < 100 else ".0f")
+
+
 def _compile_cell(record: dict) -> str:
   if "first_call_s" not in record:  # a line from before the split: its compile_s was the first call
     return f"n/a ({_fmt(record.get('compile_s'), '.1f')})"
@@ -607,13 +612,13 @@ def markdown_table(records: Sequence[dict]) -> str:
     convolutions = " (XLA's convolutions)" if xla_only else ""
     lines.append(
         f"| `{r['model']}`{convolutions} | {r['encoder'] or '(own)'} | {r['precision']} | {r['size']} | "
-        f"{r['batch']} ({r['parallelism']}) | {_fmt(r.get('images_per_s'), '.1f')} | "
+        f"{r['batch']} ({r['parallelism']}) | {_rate(r.get('images_per_s'))} | "
         f"{_fmt(r.get('step_ms'), '.1f')} | {_compile_cell(r)} | "
         f"{_fmt(r.get('achieved_tflops'), '.3g')} | {_fmt(r.get('fraction_of_matmul_peak'), '.0%')} | "
         f"{'≤' if r.get('peak_is_this_measurement') is False else ''}"
         f"{_fmt(r.get('peak_bytes_in_use'), '.2f', 2.0 ** -30)} | "
         f"{_fmt(r.get('xla_bytes_per_device'), '.2f', 2.0 ** -30)} | {_fmt(infer.get('ms_per_frame'), '.2f')} | "
-        f"{_fmt(infer.get('images_per_s'), '.1f')} |")
+        f"{_rate(infer.get('images_per_s'))} |")
   if not records:
     return "\n".join(lines)
   env = records[0]
@@ -640,7 +645,7 @@ def markdown_table(records: Sequence[dict]) -> str:
           f"Peer smp Unet(resnet34) {e['precision']} (torch {e['torch_version']}, {e['torch_device']}, "
           f"{'channels_last + torch.compile' if e['torch_compile'] else 'eager'}"
           f"{' + bf16 autocast' if e['autocast_bf16'] else ''}), {e['size']}x{e['size']}, batch {e['batch']}: "
-          f"train {e['images_per_s']:.1f} images/s, infer {e['ms_per_frame']:.2f} ms/frame; veinjax/peer: train "
+          f"train {_rate(e['images_per_s'])} images/s, infer {e['ms_per_frame']:.2f} ms/frame; veinjax/peer: train "
           f"{_fmt(e.get('veinjax_over_peer_train_images_per_s'), '.2f')}x, infer "
           f"{_fmt(e.get('veinjax_over_peer_infer_frames_per_s'), '.2f')}x (> 1: veinjax faster).")
     elif e.get("kind") == "head_to_head":

@@ -329,3 +329,27 @@ def test_wrappers_load_the_configured_dataset(tmp_path):
   assert [i for b in test for i in b["id"][b["valid"]]] == expected_ids
   validation = _batches(pipeline.create_eval_dataset(config, "validation"))
   assert sum(int(b["valid"].sum()) for b in validation) == 2
+
+
+def test_no_veinjax_function_goes_through_autograph(tmp_path, monkeypatch):
+  """The pipeline's map and filter functions branch on Python values only; AutoGraph's source conversion of
+  them would cost about a second of CPU at every fresh start (every train.py, eval.py and test subprocess)."""
+  from tensorflow.python.autograph.impl import api as autograph_api  # pylint: disable=g-import-not-at-top
+  if not hasattr(autograph_api, "_convert_actual"):
+    pytest.skip("this TensorFlow's AutoGraph has no _convert_actual to watch")
+  converted = []
+  convert = autograph_api._convert_actual  # pylint: disable=protected-access
+
+  def watched(entity, program_ctx):
+    converted.append(f"{getattr(entity, '__module__', '?')}.{getattr(entity, '__qualname__', entity)}")
+    return convert(entity, program_ctx)
+
+  monkeypatch.setattr(autograph_api, "_convert_actual", watched)
+  config = _config(**{"dataset.name": "vein_phantom", "dataset.data_dir": str(tmp_path),
+                      "dataset.phantom_num_train": 10, "dataset.phantom_num_test": 5,
+                      "dataset.phantom_size": 48, "dataset.validation_fraction": 0.2})
+  # Train (a carved split: the selection's filter and map), validation and test, each read once.
+  assert _batches(pipeline.create_train_dataset(config, epoch=0))
+  for split in ("validation", "test"):
+    assert _batches(pipeline.create_eval_dataset(config, split))
+  assert not [name for name in converted if name.startswith("veinjax")], converted

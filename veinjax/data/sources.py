@@ -149,10 +149,14 @@ def _tfds_split(make_builder, config, split: str):
   if selection is not None:
     keep = tf.constant(selection)
 
+    # Traced as written (these and `finish` below branch on no tensor), without AutoGraph's source conversion:
+    # it costs about a second of CPU at every fresh start (as pipeline._no_autograph says).
+    @tf.autograph.experimental.do_not_convert
     def selected(index, example):
       del example
       return tf.gather(keep, index)
 
+    @tf.autograph.experimental.do_not_convert
     def drop_index(index, example):
       del index
       return example
@@ -388,6 +392,7 @@ def load_raw_split(config, split: str) -> tf.data.Dataset:
   ds, _ = get_source(config).load(config, split)
   in_channels = config.in_channels
 
+  @tf.autograph.experimental.do_not_convert  # branches on static shapes only (see _tfds_split)
   def finish(ex):
     image = tf.ensure_shape(to_channels(ex["image"], in_channels), [None, None, in_channels])
     mask = ex["mask"]
