@@ -48,8 +48,9 @@ veinjax/peer speed ratios of `resnet34_unet` (resnet34) in the same precision me
 (> 1: veinjax is faster). Those two are minutes apart; then `--peer_rounds` alternating rounds (default 4:
 an even count, so each framework goes first as often) time both again, each round --steps train steps and
 --steps batch-1 frames of each framework (veinjax then PyTorch, then PyTorch then veinjax, ...), on the same
-compiled step, model and state: a `head_to_head` line with each round's ms and ratio and the median ratio,
-the figure to quote on a machine whose speed drifts. With --peer, JAX is left half the GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
+compiled step, model and state: a `head_to_head` line with each round's ms, the speed ratio of each pair
+of rounds (A B B A: a drift linear over the pair cancels) and their median, the figure to quote on a
+machine whose speed drifts. With --peer, JAX is left half the GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
 unless set) so that PyTorch has room.
 
 `--xla_convolutions`: each train step is timed a second time, traced inside `layers.lax_convolutions()`
@@ -62,7 +63,7 @@ augmentation, augmented images/s (median of `--steps` epochs after one warm-up e
 TensorFlow imported: without `--pipeline` (the accelerator machine has no TensorFlow) nothing imports it.
 
 Bad input (an unknown model or encoder, a size not divisible by 32, a batch that does not divide over the
-devices, --peer without torch, a negative --peer_rounds) stops before anything is compiled, with a message
+devices, --peer without torch, a negative or odd --peer_rounds) stops before anything is compiled, with a message
 naming the flag and the valid choices, exit status 2. benchmarks/gpu_speed.sh is the prepared run for a lent GPU.
 """
 
@@ -257,8 +258,8 @@ def _compile_and_first_call(fn, *args) -> tuple[Any, Any, dict]:
   """Compiles `fn` for `args` ahead of time, then calls the executable once: (executable, first result,
   {compile_s, first_call_s}).
 
-  `compile_s` = trace + lower + XLA compile (what the compile target is about); `first_call_s` = that + the
-  first run and its wait (what a trainer sees before its first step returns). The timed steps then run the
+  `compile_s` = trace + lower + XLA compile; `first_call_s` = that + the first run and its wait (what a
+  trainer sees before its first step returns). The timed steps then run the
   same executable, and its cost and memory analyses are read from it. Where this JAX cannot compile `fn`
   ahead of time: executable None, `fn` called instead, compile_s None."""
   start = time.perf_counter()
@@ -267,6 +268,7 @@ def _compile_and_first_call(fn, *args) -> tuple[Any, Any, dict]:
   except Exception as e:  # pylint: disable=broad-except
     _log(f"no ahead-of-time compile (so no XLA cost / memory analysis): {type(e).__name__}: {e}")
     compiled = None
+    start = time.perf_counter()  # the first call alone, without the failed attempt
   compile_s = time.perf_counter() - start if compiled is not None else None
   call = fn if compiled is None else compiled
   out = jax.block_until_ready(call(*args))
@@ -525,7 +527,10 @@ def measure_peer(*, size: int, batch: int, precision: str = "fp32", num_steps: i
       "torch_device": torch.cuda.get_device_name() if cuda else "cpu", "torch_threads": torch.get_num_threads(),
       "channels_last": cuda, "torch_compile": cuda, "autocast_bf16": precision == "bf16",
       "cudnn_benchmark": cuda, "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32) if cuda else None,
+      # Eager PyTorch compiles nothing (on CUDA torch.compile does, inside the first call): both are its first
+      # step, comparable with veinjax's first_call_s.
       "images_per_s": batch / step_s, "step_ms": 1e3 * step_s, "compile_s": train_compile_s,
+      "first_call_s": train_compile_s,
       "ms_per_frame": 1e3 * statistics.median(infer_times), "infer_compile_s": infer_compile_s,
       "train_peak_bytes_allocated": train_peak,
   }
@@ -547,9 +552,10 @@ def alternating_rounds(timers: Sequence[Callable[[int], list[float]]], rounds: i
                        runs: int) -> list[list[float]]:
   """Per timer, the median seconds of `runs` calls in each of `rounds` rounds: [timer][round].
 
-  The timers take turns, in order in even rounds and in reverse order in odd ones (A B, B A, A B, ...), so a
-  machine whose speed drifts during the measurement (this VM's does, by up to ~30%) slows both alike and the
-  per-round ratios stay fair; measuring one framework fully before the other puts the drift into the ratio.
+  The timers take turns, in order in even rounds and in reverse order in odd ones (A B, B A, A B, ...). On a
+  machine whose speed drifts during the measurement (this VM's does, by up to ~30%) one round alone still
+  favours whoever went first, but a pair of rounds (A B B A) does not, to first order: see `pair_ratios`.
+  Measuring one framework fully before the other puts the whole drift into the ratio.
   """
   medians: list[list[float]] = [[] for _ in timers]
   for r in range(rounds):
@@ -559,18 +565,24 @@ def alternating_rounds(timers: Sequence[Callable[[int], list[float]]], rounds: i
   return medians
 
 
+def pair_ratios(our_s: Sequence[float], peer_s: Sequence[float]) -> list[float]:
+  """The veinjax-over-peer speed ratio (> 1: veinjax faster) of each pair of rounds (A B, B A): the peer's
+  seconds over ours, each summed over the pair, which cancels a drift that is linear over the pair."""
+  return [(peer_s[i] + peer_s[i + 1]) / (our_s[i] + our_s[i + 1]) for i in range(0, len(our_s) - 1, 2)]
+
+
 def head_to_head(ours: tuple[Callable, Callable], peer: tuple[Callable, Callable], *, rounds: int,
                  runs: int) -> dict:
   """veinjax's and the peer's train step and batch-1 inference (each a (train, infer) pair of timers) in
-  alternating rounds: the median step / frame ms of each round, the veinjax-over-peer speed ratio of each
-  round (> 1: veinjax faster) and the median of those ratios."""
+  `rounds` alternating rounds (an even count): the median step / frame ms of each round, the speed ratio of
+  each pair of rounds (`pair_ratios`) and the median of those ratios."""
   record = {"rounds": rounds, "runs_per_round": runs}
   for name, our_timer, peer_timer in (("train", ours[0], peer[0]), ("infer", ours[1], peer[1])):
     our_s, peer_s = alternating_rounds([our_timer, peer_timer], rounds, runs)
-    ratios = [p / o for o, p in zip(our_s, peer_s)]
+    ratios = pair_ratios(our_s, peer_s)
     record.update({f"veinjax_{name}_ms_per_round": [1e3 * t for t in our_s],
                    f"peer_{name}_ms_per_round": [1e3 * t for t in peer_s],
-                   f"veinjax_over_peer_{name}_per_round": ratios,
+                   f"veinjax_over_peer_{name}_per_pair": ratios,
                    f"veinjax_over_peer_{name}": statistics.median(ratios)})
   return record
 
@@ -648,13 +660,16 @@ def markdown_table(records: Sequence[dict]) -> str:
           f"train {_rate(e['images_per_s'])} images/s, infer {e['ms_per_frame']:.2f} ms/frame; veinjax/peer: train "
           f"{_fmt(e.get('veinjax_over_peer_train_images_per_s'), '.2f')}x, infer "
           f"{_fmt(e.get('veinjax_over_peer_infer_frames_per_s'), '.2f')}x (> 1: veinjax faster).")
+    elif e.get("kind") == "head_to_head" and "error" in e:
+      lines.append(f"veinjax/peer {e['precision']} alternating rounds: failed ({e['error']}).")
     elif e.get("kind") == "head_to_head":
-      def rounds_text(name: str) -> str:  # pylint: disable=cell-var-from-loop
-        per_round = ", ".join(f"{x:.2f}" for x in e[f"veinjax_over_peer_{name}_per_round"])
-        return f"{name} {e[f'veinjax_over_peer_{name}']:.2f}x ({per_round})"
-      lines.append(f"veinjax/peer {e['precision']} in {e['rounds']} alternating rounds of {e['runs_per_round']} "
-                   f"(median of the rounds' ratios; each round's in brackets): {rounds_text('train')}, "
-                   f"{rounds_text('infer')} (> 1: veinjax faster).")
+      def pairs_text(name: str) -> str:  # pylint: disable=cell-var-from-loop
+        per_pair = ", ".join(f"{x:.2f}" for x in e[f"veinjax_over_peer_{name}_per_pair"])
+        return f"{name} {e[f'veinjax_over_peer_{name}']:.2f}x ({per_pair})"
+      lines.append(f"veinjax/peer {e['precision']}, {e['size']}x{e['size']}, batch {e['batch']}, in "
+                   f"{e['rounds']} alternating rounds of {e['runs_per_round']} train steps and "
+                   f"{e['runs_per_round']} batch-1 frames each (median over the pairs of rounds; each pair's "
+                   f"ratio in brackets): {pairs_text('train')}, {pairs_text('infer')} (> 1: veinjax faster).")
     elif e.get("kind") == "pipeline":
       lines.append(f"Input pipeline: {e['images_per_s']:.1f} augmented images/s ({e['size']}x{e['size']}, "
                    f"batch {e['batch']}, the config's augmentation).")
@@ -692,8 +707,9 @@ def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, 
     if precision not in PRECISIONS:
       raise BenchmarkError(f"--peer_precisions: unknown precision {precision!r}; choose from "
                            f"{', '.join(PRECISIONS)}")
-  if peer_rounds < 0:
-    raise BenchmarkError(f"--peer_rounds={peer_rounds}: give 0 (no alternating rounds) or more")
+  if peer_rounds < 0 or peer_rounds % 2:
+    raise BenchmarkError(f"--peer_rounds={peer_rounds}: give 0 (no alternating rounds) or an even count (each "
+                         "framework goes first as often: the ratios are of pairs of rounds), e.g. 4")
   if peer:
     import_peer()  # fail now, not after the veinjax measurements
   base = default_config() if base is None else base
@@ -732,7 +748,9 @@ def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, 
                  "optimizer": config.optimizer, "loss": config.loss}
         _log(f"{name}:{encoder} {precision} train (batch {batch}, {parallelism})")
         # The peer's model: keep its compiled step and state for the alternating rounds after the peer.
-        keep = peer and peer_rounds > 0 and (name, encoder) == ("resnet34_unet", "resnet34")
+        # (Kept buffers stay allocated: a later measurement's device peak includes them.)
+        keep = (peer and peer_rounds > 0 and (name, encoder) == ("resnet34_unet", "resnet34")
+                and precision in peer_precisions and (precision == "fp32" or jax.default_backend() != "cpu"))
         train = measure_train(config, num_steps=num_steps, warmup=warmup, variables=variables, keep_timer=keep)
         if keep:
           train, train_timer = train
@@ -769,6 +787,9 @@ def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, 
       for precision in peer_precisions:
         _log(f"peer smp Unet(resnet34) {precision}")
         rounds = peer_rounds if precision in our_timers else 0
+        if peer_rounds and not rounds:
+          _log(f"no alternating rounds for the peer {precision}: resnet34_unet:resnet34 {precision} was not "
+               "measured (--models, --precisions)")
         try:
           result = measure_peer(size=size, batch=batch, precision=precision, num_steps=num_steps, warmup=warmup,
                                 keep_timers=rounds > 0)
@@ -789,9 +810,13 @@ def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, 
         emit({"kind": "peer", "precision": precision, "batch": batch, **result, **ratios})
         if rounds:
           _log(f"veinjax and peer {precision}: {rounds} alternating rounds of {num_steps} steps and frames")
-          emit({"kind": "head_to_head", "precision": precision, "batch": batch, "size": size,
-                **head_to_head(our_timers[precision], (peer_train_timer, peer_infer_timer), rounds=rounds,
-                               runs=num_steps)})
+          try:
+            compared = head_to_head(our_timers[precision], (peer_train_timer, peer_infer_timer), rounds=rounds,
+                                    runs=num_steps)
+          except Exception as e:  # pylint: disable=broad-except  # as the peer's own measurement: keep the table
+            _log(f"alternating rounds {precision} failed: {type(e).__name__}: {e}")
+            compared = {"error": f"{type(e).__name__}: {e}"}
+          emit({"kind": "head_to_head", "precision": precision, "batch": batch, **compared})
     print(markdown_table(records), flush=True)
   finally:
     if json_file is not None:
@@ -820,9 +845,10 @@ def _define_flags():
                     "segmentation_models_pytorch).")
   flags.DEFINE_list("peer_precisions", [], "The peer's precisions (empty: --precisions).")
   flags.DEFINE_integer("peer_rounds", 4, "With --peer: after both frameworks' own measurements, this many "
-                       "alternating rounds (veinjax then PyTorch, then PyTorch then veinjax, ...) of --steps "
-                       "train steps and --steps batch-1 inferences of resnet34_unet each; the ratio of each "
-                       "round and their median, robust to a machine whose speed drifts (0: none).")
+                       "alternating rounds (veinjax then PyTorch, then PyTorch then veinjax, ...; an even "
+                       "count) of --steps train steps and --steps batch-1 inferences of resnet34_unet each; "
+                       "the ratio of each pair of rounds and their median, robust to a machine whose speed "
+                       "drifts (0: none).")
   flags.DEFINE_bool("pipeline", False, "Also time the tf.data input pipeline (imports TensorFlow).")
   flags.DEFINE_bool("xla_convolutions", False, "Also time each train step with XLA's own convolutions only "
                     "(without veinjax's CPU workarounds, `layers.lax_convolutions()`): their before/after.")
