@@ -50,8 +50,8 @@ an even count, so each framework goes first as often) time both again, each roun
 --steps batch-1 frames of each framework (veinjax then PyTorch, then PyTorch then veinjax, ...), on the same
 compiled step, model and state: a `head_to_head` line with each round's ms, the speed ratio of each pair
 of rounds (A B B A: a drift linear over the pair cancels) and their median, the figure to quote on a
-machine whose speed drifts. With --peer, JAX is left half the GPU's memory (XLA_PYTHON_CLIENT_MEM_FRACTION=0.5
-unless set) so that PyTorch has room.
+machine whose speed drifts. With --peer, JAX is left half the GPU's memory
+(XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 unless set) so that PyTorch has room.
 
 `--xla_convolutions`: each train step is timed a second time, traced inside `layers.lax_convolutions()`
 (XLA's own convolutions, without veinjax's CPU workarounds: the small-map matmul and the matmul weight
@@ -63,8 +63,9 @@ augmentation, augmented images/s (median of `--steps` epochs after one warm-up e
 TensorFlow imported: without `--pipeline` (the accelerator machine has no TensorFlow) nothing imports it.
 
 Bad input (an unknown model or encoder, a size not divisible by 32, a batch that does not divide over the
-devices, --peer without torch, a negative or odd --peer_rounds) stops before anything is compiled, with a message
-naming the flag and the valid choices, exit status 2. benchmarks/gpu_speed.sh is the prepared run for a lent GPU.
+devices, --peer without torch, a negative or odd --peer_rounds) stops before anything is compiled, with a
+message naming the flag and the valid choices, exit status 2. benchmarks/gpu_speed.sh is the prepared run for
+a lent GPU.
 """
 
 from __future__ import annotations
@@ -259,9 +260,9 @@ def _compile_and_first_call(fn, *args) -> tuple[Any, Any, dict]:
   {compile_s, first_call_s}).
 
   `compile_s` = trace + lower + XLA compile; `first_call_s` = that + the first run and its wait (what a
-  trainer sees before its first step returns). The timed steps then run the
-  same executable, and its cost and memory analyses are read from it. Where this JAX cannot compile `fn`
-  ahead of time: executable None, `fn` called instead, compile_s None."""
+  trainer sees before its first step returns). The timed steps then run the same executable, and its cost
+  and memory analyses are read from it. Where this JAX cannot compile `fn` ahead of time: executable None,
+  `fn` called instead, compile_s None."""
   start = time.perf_counter()
   try:
     compiled = fn.lower(*args).compile()
