@@ -181,6 +181,21 @@ def test_train_same_seed_and_epoch_identical_other_epoch_or_seed_differs():
   assert not np.array_equal(first[0]["image"], other_seed[0]["image"])
 
 
+def test_train_and_eval_datasets_run_without_the_autotuner():
+  # Deleting an autotuned iterator waits for the autotuner's thread (up to a minute, see
+  # pipeline._without_autotuner); the batches must be the same as with it on.
+  raw, _ = _raw(12)
+  config = _config()
+  train = pipeline.create_train_dataset(config, epoch=2, raw=raw)
+  assert train.options().autotune.enabled is False
+  assert pipeline.create_eval_dataset(config, "validation", raw=raw).options().autotune.enabled is False
+  autotuned = tf.data.Options()
+  autotuned.autotune.enabled = True
+  with_autotuner = train.with_options(autotuned)
+  assert with_autotuner.options().autotune.enabled is True
+  _assert_same_batches(_batches(train), _batches(with_autotuner))
+
+
 def test_train_epoch_is_a_shuffled_subset_without_repeats():
   raw, _ = _raw(10, constant_images=True)
   config = _config(**{"augment.enabled": False})
