@@ -38,8 +38,10 @@ from veinjax.data import augment
 
 RESIZE_METHODS = ("resize", "letterbox", "crop")
 _AUTOTUNE = tf.data.AUTOTUNE
-# Prepared (resized, in-memory) shards of config-loaded splits kept across calls, keyed by the config fields
-# that shape them; a few: train, validation and test of one run. A raw dataset passed in is never cached.
+# Prepared (resized, in-memory) shards kept across calls, so each epoch's dataset starts from memory; a few:
+# train, validation and test of one run. A config-loaded split is keyed by the config fields that shape it; a
+# raw dataset passed in by the Dataset object itself (datasets are immutable graphs: a caller whose source
+# files changed passes a new one), which its _Prepared holds so that its id() stays unique while cached.
 _MAX_PREPARED = 6
 _PREPARED: "collections.OrderedDict[tuple, _Prepared]" = collections.OrderedDict()
 
@@ -245,6 +247,7 @@ class _Prepared:
   ids: tf.Tensor  # string [m]
   indices: tf.Tensor  # int64 [m]: position in the whole split (seeds augmentation)
   num_total: int  # examples in the whole split, all processes together
+  raw: Optional[tf.data.Dataset] = None  # a caller's raw dataset, kept alive while its id() keys the cache
   # Traced train-example loaders by augment config, reused by every epoch's dataset (see _train_loader).
   loaders: dict = dataclasses.field(default_factory=dict)
 
@@ -339,22 +342,29 @@ def _prepare(config, split: str, raw: Optional[tf.data.Dataset], process_index: 
   """This process's shard of `split` at model size, from the in-memory cache when it is there."""
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is outside [0, process_count={process_count}).")
-  if raw is not None:  # the caller's own dataset: prepared afresh (nothing identifies its contents)
-    num_total = _count(raw)
-    if num_total == 0:
-      raise ValueError(f"The {split!r} split of the given raw dataset is empty.")
-    return _prepare_uncached(config, raw, num_total, process_index, process_count)
-  key = (config.seed, config.dataset.to_json_best_effort(sort_keys=True), split, config.image_size,
-         config.resize_method, config.in_channels, config.num_classes, process_index, process_count)
+  # What preparing checks and produces depends on (the ignore label's validity too).
+  shape = (split, config.image_size, config.resize_method, config.in_channels, config.num_classes,
+           labels_lib.may_have_ignored_pixels(config), process_index, process_count)
+  if raw is not None:  # the caller's own dataset, as one object
+    key = ("raw", id(raw)) + shape
+  else:
+    key = ("config", config.seed, config.dataset.to_json_best_effort(sort_keys=True)) + shape
   if key in _PREPARED:
     _PREPARED.move_to_end(key)
     return _PREPARED[key]
-  from veinjax.data import sources  # pylint: disable=g-import-not-at-top
-  raw = sources.load_raw_split(config, split)
-  num_total = sources.num_examples(config, split)
-  if num_total == 0:
-    raise ValueError(f"The {split!r} split of {config.dataset.name!r} is empty.")
-  prepared = _prepare_uncached(config, raw, num_total, process_index, process_count)
+  if raw is not None:
+    num_total = _count(raw)
+    if num_total == 0:
+      raise ValueError(f"The {split!r} split of the given raw dataset is empty.")
+    prepared = dataclasses.replace(_prepare_uncached(config, raw, num_total, process_index, process_count),
+                                   raw=raw)
+  else:
+    from veinjax.data import sources  # pylint: disable=g-import-not-at-top
+    raw = sources.load_raw_split(config, split)
+    num_total = sources.num_examples(config, split)
+    if num_total == 0:
+      raise ValueError(f"The {split!r} split of {config.dataset.name!r} is empty.")
+    prepared = _prepare_uncached(config, raw, num_total, process_index, process_count)
   _PREPARED[key] = prepared
   while len(_PREPARED) > _MAX_PREPARED:
     _PREPARED.popitem(last=False)
@@ -411,7 +421,9 @@ def create_train_dataset(config, *, epoch: int, process_index: int = 0, process_
     epoch: which epoch; with config.seed it fixes the shuffle and every augmentation.
     process_index: this process (jax.process_index()).
     process_count: all processes (jax.process_count()).
-    raw: the raw train split; None loads it with veinjax.data.sources.load_raw_split(config, "train").
+    raw: the raw train split; None loads it with veinjax.data.sources.load_raw_split(config, "train"). Either
+      way it is resized once and kept in memory: the same Dataset object in a later call (e.g. the next
+      epoch) starts from there.
 
   Returns:
     steps_per_epoch(config, process_count) batches of {'image': float32 [b, S, S, C] in [0, 1] (augmented;
@@ -446,7 +458,8 @@ def create_eval_dataset(config, split: str, *, process_index: int = 0, process_c
     split: "train", "validation" or "test".
     process_index: this process (jax.process_index()).
     process_count: all processes (jax.process_count()).
-    raw: the raw split; None loads it with veinjax.data.sources.load_raw_split(config, split).
+    raw: the raw split; None loads it with veinjax.data.sources.load_raw_split(config, split) (either way
+      resized once and kept in memory, as for create_train_dataset).
 
   Returns:
     batches of {'image': float32 [b, S, S, C] (`preprocess_for_model`'s values: [0, 1], or normalised
