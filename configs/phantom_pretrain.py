@@ -22,6 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.name = "vein_phantom_random"
   # Read by veinjax.data.sources (default "vessel" where a config lacks the field).
   config.dataset.phantom_foreground = "vessel"
+  # Randomisation groups switched off, comma-separated (veinjax.data.phantom_random.GROUPS; for ablations,
+  # see benchmarks/phantom_ablation.py); empty = every group randomised.
+  config.dataset.phantom_random_off = ""
   config.dataset.phantom_num_train = 1500
   config.dataset.phantom_num_test = 200
   config.dataset.phantom_size = 128

@@ -312,3 +312,21 @@ def test_random_phantom_source_loads_a_tiny_split(tmp_path):
   np.testing.assert_array_equal(first["mask"], mask)
   with pytest.raises(ValueError, match="phantom_foreground"):
     sources.load_raw_split(_config(tmp_path, phantom_foreground="artery"), "test")
+
+
+def test_random_phantom_source_switches_groups_off_for_ablations(tmp_path):
+  from veinjax.data import sources  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from veinjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+  # Order and repeats in the flag do not matter: one phantom, one cache entry, one builder name.
+  ablated = _config(tmp_path, phantom_random_off=" speckle,gain,speckle")
+  first = next(sources.load_raw_split(ablated, "test").as_numpy_iterator())
+  image, mask = pr.generate_randomized_example(phantom.example_seed("test", 0), 64,
+                                               pr.RandomizationRanges().without("gain", "speckle"))
+  np.testing.assert_array_equal(first["image"][:, :, 0], image)
+  np.testing.assert_array_equal(first["mask"], mask)
+  default_image, _ = pr.generate_randomized_example(phantom.example_seed("test", 0), 64)
+  assert not np.array_equal(image, default_image)  # the switch reached the generator
+  assert tfds_builders.random_phantom_config_name(64, 6, 4, "vessel", ["speckle", "gain"]) == (
+      "vessel_64px_6_4_off_gain_speckle")
+  with pytest.raises(ValueError, match=r"phantom_random_off.*'shadows'.*valid.*layers"):
+    sources.load_raw_split(_config(tmp_path, phantom_random_off="gain,shadows"), "test")

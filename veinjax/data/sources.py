@@ -11,7 +11,8 @@
 Datasets (config.dataset.name): `vein_phantom` (TFDS, generated locally), `usgra_seg` (TFDS, from a clone
 given by config.dataset.root), `folder` (the user's own folder, loaded into memory; no TFDS),
 `vein_phantom_random` (TFDS, the domain-randomised phantom, generated locally; the phantom_* fields as for
-`vein_phantom`, and config.dataset.phantom_foreground "vessel" (default) or "vein"). 16-bit grayscale
+`vein_phantom`, config.dataset.phantom_foreground "vessel" (default) or "vein", and for ablations
+config.dataset.phantom_random_off, randomisation groups switched off, e.g. "gain,speckle"). 16-bit grayscale
 files of a `folder` dataset become 8 bits by config.dataset.high_bit_depth (`veinjax.data.decode`).
 
 Splits: "train", "validation", "test". A dataset without a validation split gets one carved from train,
@@ -131,11 +132,17 @@ def _random_phantom_foreground(config) -> str:
   return config.dataset.get("phantom_foreground", "vessel")
 
 
+def _random_phantom_groups_off(config) -> List[str]:
+  """config.dataset.phantom_random_off ("gain,speckle": randomisation groups switched off), [] if absent."""
+  return [g.strip() for g in config.dataset.get("phantom_random_off", "").split(",") if g.strip()]
+
+
 def _random_phantom_builder(config):
   from veinjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
   ds = config.dataset
   builder = tfds_builders.random_phantom_builder(ds.data_dir, ds.phantom_size, ds.phantom_num_train,
-                                                 ds.phantom_num_test, _random_phantom_foreground(config))
+                                                 ds.phantom_num_test, _random_phantom_foreground(config),
+                                                 _random_phantom_groups_off(config))
   tfds_builders.prepare(builder)
   return builder
 

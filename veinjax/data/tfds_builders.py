@@ -10,9 +10,11 @@ Both store 'image' (PNG, uint8 [H, W, C]), 'mask' (PNG, uint8 [H, W, 1], class i
   Bump VERSION whenever the generator's output changes, so stale caches are not reused.
 - `vein_phantom_random`: `veinjax.data.phantom_random` frames (domain-randomised, default ranges), likewise
   by size and split sizes, plus the mask's foreground ("vessel": veins and arteries; "vein": veins only):
-  configs "<foreground>_<size>px_<num_train>_<num_test>" ("vessel_128px_300_200"). Train example i is
-  `phantom_random.generate_randomized_example(phantom.example_seed("train", i), size,
-  RandomizationRanges(foreground=...))`. Bump VERSION whenever that generator's output changes.
+  configs "<foreground>_<size>px_<num_train>_<num_test>" ("vessel_128px_300_200"), with "_off_<group>..." when
+  randomisation groups are switched off for an ablation ("vessel_128px_300_200_off_gain_speckle"). Train
+  example i is `phantom_random.generate_randomized_example(phantom.example_seed("train", i), size,
+  RandomizationRanges(foreground=...).without(*groups_off))`. Bump VERSION whenever that generator's output
+  changes.
 - `usgra_seg`: github.com/tmkand/usgra-seg (CC BY 4.0) from a manual directory: a clone of the repository or
   its `dataset/` folder. Train 204 (`dataset/images` + `dataset/masks`), test 40 (`dataset/test/...`). Configs:
   `vessel` (binary: mask label 2 = blood vessel -> 1, everything else 0) and `nerve_vessel` (0 background,
@@ -26,7 +28,7 @@ import dataclasses
 import functools
 from pathlib import Path
 import re
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -121,23 +123,43 @@ class VeinPhantom(_GeneratedPhantom):
 
 @dataclasses.dataclass(eq=False)
 class RandomPhantomConfig(VeinPhantomConfig):
-  """Randomised phantom: image size, split sizes and the mask's foreground ("vessel" or "vein")."""
+  """Randomised phantom: image size, split sizes, the mask's foreground ("vessel" or "vein") and the
+  randomisation groups switched off (names in `phantom_random.GROUPS`, in that order; for ablations)."""
   foreground: str = "vessel"
+  groups_off: Tuple[str, ...] = ()
 
 
-def random_phantom_config_name(size: int, num_train: int, num_test: int, foreground: str) -> str:
-  return f"{foreground}_{phantom_config_name(size, num_train, num_test)}"
+def canonical_groups_off(groups: Sequence[str]) -> Tuple[str, ...]:
+  """The groups in `phantom_random.GROUPS` order, each once (a ValueError naming the flag if unknown)."""
+  unknown = sorted(set(groups) - set(phantom_random.GROUPS))
+  if unknown:
+    raise ValueError(f"--config.dataset.phantom_random_off names unknown randomisation group(s) {unknown}; "
+                     f"valid (comma-separated): {', '.join(phantom_random.GROUPS)}.")
+  return tuple(g for g in phantom_random.GROUPS if g in groups)
+
+
+def random_phantom_config_name(size: int, num_train: int, num_test: int, foreground: str,
+                               groups_off: Sequence[str] = ()) -> str:
+  """"vessel_128px_300_200", or with groups off "vessel_128px_300_200_off_gain_speckle"."""
+  off = "".join(f"_{g}" for g in canonical_groups_off(groups_off))
+  return f"{foreground}_{phantom_config_name(size, num_train, num_test)}" + (f"_off{off}" if off else "")
 
 
 @functools.lru_cache(maxsize=None)
 def _random_config_from_name(name: str) -> Optional[RandomPhantomConfig]:
-  match = re.fullmatch(r"(%s)_(\d+)px_(\d+)_(\d+)" % "|".join(phantom_random.FOREGROUNDS), name)
+  groups = "|".join(phantom_random.GROUPS)
+  match = re.fullmatch(r"(%s)_(\d+)px_(\d+)_(\d+)(?:_off((?:_(?:%s))+))?" % ("|".join(phantom_random.FOREGROUNDS),
+                                                                         groups), name)
   if not match:
     return None
-  foreground, (size, num_train, num_test) = match.group(1), (int(g) for g in match.groups()[1:])
+  foreground, off = match.group(1), tuple(match.group(5)[1:].split("_")) if match.group(5) else ()
+  size, num_train, num_test = (int(g) for g in match.groups()[1:4])
+  if random_phantom_config_name(size, num_train, num_test, foreground, off) != name:
+    return None  # groups repeated or out of order: one name per phantom, so one cache entry
+  described_off = f", without {', '.join(off)}" if off else ""
   return RandomPhantomConfig(name=name, size=size, num_train=num_train, num_test=num_test, foreground=foreground,
-                             description=f"{num_train} train / {num_test} test at {size}x{size}, "
-                                         f"{foreground} masks.")
+                             groups_off=off, description=f"{num_train} train / {num_test} test at {size}x{size}, "
+                                                         f"{foreground} masks{described_off}.")
 
 
 class VeinPhantomRandom(_GeneratedPhantom):
@@ -145,7 +167,7 @@ class VeinPhantomRandom(_GeneratedPhantom):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First randomised generator (issue 19)."}
-  # Any "<vessel|vein>_<size>px_<num_train>_<num_test>" name is a valid config.
+  # Any "<vessel|vein>_<size>px_<num_train>_<num_test>[_off_<group>...]" name is a valid config.
   BUILDER_CONFIGS = [_random_config_from_name(random_phantom_config_name(128, 300, 200, "vessel"))]
 
   @classmethod
@@ -157,8 +179,8 @@ class VeinPhantomRandom(_GeneratedPhantom):
 
   def _example(self, seed) -> tuple:
     cfg = self.builder_config
-    return phantom_random.generate_randomized_example(seed, cfg.size,
-                                                      phantom_random.RandomizationRanges(foreground=cfg.foreground))
+    params = phantom_random.RandomizationRanges(foreground=cfg.foreground).without(*cfg.groups_off)
+    return phantom_random.generate_randomized_example(seed, cfg.size, params)
 
 
 def usgra_dataset_dir(root) -> Path:
@@ -241,13 +263,14 @@ def phantom_builder(data_dir: Optional[str], size: int, num_train: int, num_test
 
 
 def random_phantom_builder(data_dir: Optional[str], size: int, num_train: int, num_test: int,
-                           foreground: str = "vessel") -> VeinPhantomRandom:
-  """The `vein_phantom_random` builder for this size, these split sizes and this foreground (not prepared)."""
+                           foreground: str = "vessel", groups_off: Sequence[str] = ()) -> VeinPhantomRandom:
+  """The `vein_phantom_random` builder for this size, these split sizes, this foreground and these
+  randomisation groups switched off (not prepared)."""
   phantom_builder(data_dir, size, num_train, num_test)  # The same checks, with the same flags in the error.
   if foreground not in phantom_random.FOREGROUNDS:
     raise ValueError(f"--config.dataset.phantom_foreground={foreground!r}; valid: "
                      f"{', '.join(phantom_random.FOREGROUNDS)}.")
-  return VeinPhantomRandom(config=random_phantom_config_name(size, num_train, num_test, foreground),
+  return VeinPhantomRandom(config=random_phantom_config_name(size, num_train, num_test, foreground, groups_off),
                            data_dir=data_dir or None)
 
 
