@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Randomisation groups switched off, comma-separated (veinjax.data.phantom_random.GROUPS; for ablations,
   # see benchmarks/phantom_ablation.py); empty = every group randomised.
   config.dataset.phantom_random_off = ""
+  # Ranges changed from RandomizationRanges' defaults, "field=lo:hi; field=value" (e.g. "lumen_echo=0:0.5");
+  # empty = the defaults. Each field's documented range is in veinjax/data/phantom_random_ranges.py.
+  config.dataset.phantom_random_settings = ""
   config.dataset.phantom_num_train = 1500
   config.dataset.phantom_num_test = 200
   config.dataset.phantom_size = 128

@@ -330,3 +330,33 @@ def test_random_phantom_source_switches_groups_off_for_ablations(tmp_path):
       "vessel_64px_6_4_off_gain_speckle")
   with pytest.raises(ValueError, match=r"phantom_random_off.*'shadows'.*valid.*layers"):
     sources.load_raw_split(_config(tmp_path, phantom_random_off="gain,shadows"), "test")
+
+
+def test_random_phantom_source_changes_ranges_from_the_config(tmp_path):
+  from veinjax.data import sources  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from veinjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+  changed = _config(tmp_path, phantom_random_settings="min_contrast=0.1; lumen_echo = 0:0.5;num_veins=2:3")
+  first = next(sources.load_raw_split(changed, "test").as_numpy_iterator())
+  params = pr.RandomizationRanges(lumen_echo=(0.0, 0.5), min_contrast=0.1, num_veins=(2, 3))
+  image, mask = pr.generate_randomized_example(phantom.example_seed("test", 0), 64, params)
+  np.testing.assert_array_equal(first["image"][:, :, 0], image)
+  np.testing.assert_array_equal(first["mask"], mask)
+  assert not np.array_equal(image, pr.generate_randomized_example(phantom.example_seed("test", 0), 64)[0])
+  # One canonical spelling, so one cache entry, whatever the order and spacing.
+  name = tfds_builders.random_phantom_builder(str(tmp_path), 64, 6, 4, "vessel", (),
+                                              "num_veins=2:3;lumen_echo=0.0:0.5;min_contrast=0.1").builder_config.name
+  assert name.startswith("vessel_64px_6_4_set_") and name == tfds_builders.random_phantom_builder(
+      str(tmp_path), 64, 6, 4, "vessel", (), "min_contrast=0.1;lumen_echo=0:0.5;num_veins=2:3").builder_config.name
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("lumen_ecco=0:0.5", "phantom_random_settings.*lumen_ecco.*valid fields.*lumen_echo"),
+    ("lumen_echo=0.5", r"lumen_echo='0.5' is not lo:hi"),
+    ("num_veins=1.5:3", "num_veins.*not lo:hi of ints"),
+    ("lumen_echo=0.5:0.1", r"phantom_random_settings.*lumen_echo=\(0.5, 0.1\).*lo <= hi"),
+    ("vessels=0", "valid fields"),  # group switches have their own field
+])
+def test_bad_phantom_settings_name_the_flag(tmp_path, spec, match):
+  from veinjax.data import sources  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  with pytest.raises(ValueError, match=match):
+    sources.load_raw_split(_config(tmp_path, phantom_random_settings=spec), "test")

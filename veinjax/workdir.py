@@ -41,7 +41,8 @@ HISTORY_FILE = "history.jsonl"
 ADDED_FIELDS = {"encoder_weights": "", "init_from": "", "init_from_checkpoint": "best", "init_from_scope": "all",
                 "input_mean": [], "input_std": [], "dataset.high_bit_depth": "auto", "dataset.group_pattern": "",
                 "final_fit": False, "bn_running_variance": "biased", "model_init": "veinjax",
-                "unet_widths": list(unet.UNET_WIDTHS)}
+                "unet_widths": list(unet.UNET_WIDTHS), "dataset.phantom_random_off": "",
+                "dataset.phantom_random_settings": ""}
 
 
 def to_jsonable(value):

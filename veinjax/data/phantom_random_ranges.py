@@ -5,7 +5,7 @@ group (`GROUPS`); `FIXED` holds the settings of the groups whose switch is off t
 """
 
 import dataclasses
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 Range = Tuple[float, float]
 IntRange = Tuple[int, int]
@@ -185,3 +185,54 @@ FIXED = {
                     scatterer_density=1.0, speckle_contrast=1.0),
     "compression": dict(dynamic_range=50.0, grey=0.45, gamma=1.0, reject=0.0),
 }
+
+
+SETTINGS_FLAG = "--config.dataset.phantom_random_settings"
+
+
+def settable_fields() -> Tuple[str, ...]:
+  """The ranges and probabilities a setting may change (not the foreground or the group switches)."""
+  return tuple(f.name for f in dataclasses.fields(RandomizationRanges)
+               if f.name != "foreground" and f.name not in GROUPS)
+
+
+def parse_settings(spec: str) -> Dict[str, Any]:
+  """"lumen_echo=0:0.5; min_contrast=0.2" -> {"lumen_echo": (0.0, 0.5), "min_contrast": 0.2}.
+
+  A range is "lo:hi", anything else one number; integer ranges take integers. Errors name the flag and the
+  valid fields; the values are checked as `RandomizationRanges` checks its own.
+  """
+  defaults = RandomizationRanges()
+  fields = settable_fields()
+  settings: Dict[str, Any] = {}
+  for item in (part.strip() for part in spec.split(";")):
+    if not item:
+      continue
+    name, sep, text = (s.strip() for s in item.partition("="))
+    if not sep or name not in fields:
+      raise ValueError(f"{SETTINGS_FLAG}: {item!r} is not 'field=value' with a field of RandomizationRanges; "
+                       f"valid fields: {', '.join(fields)}.")
+    default = getattr(defaults, name)
+    kind = int if isinstance(default, tuple) and isinstance(default[0], int) else float
+    try:
+      if isinstance(default, tuple):
+        lo, hi = (kind(v) for v in text.split(":"))
+        settings[name] = (lo, hi)
+      else:
+        settings[name] = float(text)
+    except ValueError:
+      shape = "lo:hi" if isinstance(default, tuple) else "a number"
+      raise ValueError(f"{SETTINGS_FLAG}: {name}={text!r} is not {shape} of {kind.__name__}s "
+                       f"(default {default}).") from None
+  try:
+    dataclasses.replace(defaults, **settings)
+  except ValueError as e:
+    raise ValueError(f"{SETTINGS_FLAG}: {e}") from None
+  return settings
+
+
+def format_settings(settings: Dict[str, Any]) -> str:
+  """The one canonical spelling of `settings` (sorted by field), for cache names and records."""
+  def value(v):
+    return f"{v[0]!r}:{v[1]!r}" if isinstance(v, tuple) else repr(v)
+  return ";".join(f"{k}={value(settings[k])}" for k in sorted(settings))

@@ -12,7 +12,8 @@ Datasets (config.dataset.name): `vein_phantom` (TFDS, generated locally), `usgra
 given by config.dataset.root), `folder` (the user's own folder, loaded into memory; no TFDS),
 `vein_phantom_random` (TFDS, the domain-randomised phantom, generated locally; the phantom_* fields as for
 `vein_phantom`, config.dataset.phantom_foreground "vessel" (default) or "vein", and for ablations
-config.dataset.phantom_random_off, randomisation groups switched off, e.g. "gain,speckle"). 16-bit grayscale
+config.dataset.phantom_random_off, randomisation groups switched off, e.g. "gain,speckle", and
+config.dataset.phantom_random_settings, ranges changed, e.g. "lumen_echo=0:0.5"). 16-bit grayscale
 files of a `folder` dataset become 8 bits by config.dataset.high_bit_depth (`veinjax.data.decode`).
 
 Splits: "train", "validation", "test". A dataset without a validation split gets one carved from train,
@@ -142,7 +143,8 @@ def _random_phantom_builder(config):
   ds = config.dataset
   builder = tfds_builders.random_phantom_builder(ds.data_dir, ds.phantom_size, ds.phantom_num_train,
                                                  ds.phantom_num_test, _random_phantom_foreground(config),
-                                                 _random_phantom_groups_off(config))
+                                                 _random_phantom_groups_off(config),
+                                                 config.dataset.get("phantom_random_settings", ""))
   tfds_builders.prepare(builder)
   return builder
 

@@ -11,9 +11,10 @@ Both store 'image' (PNG, uint8 [H, W, C]), 'mask' (PNG, uint8 [H, W, 1], class i
 - `vein_phantom_random`: `veinjax.data.phantom_random` frames (domain-randomised, default ranges), likewise
   by size and split sizes, plus the mask's foreground ("vessel": veins and arteries; "vein": veins only):
   configs "<foreground>_<size>px_<num_train>_<num_test>" ("vessel_128px_300_200"), with "_off_<group>..." when
-  randomisation groups are switched off for an ablation ("vessel_128px_300_200_off_gain_speckle"). Train
-  example i is `phantom_random.generate_randomized_example(phantom.example_seed("train", i), size,
-  RandomizationRanges(foreground=...).without(*groups_off))`. Bump VERSION whenever that generator's output
+  randomisation groups are switched off for an ablation ("vessel_128px_300_200_off_gain_speckle") and
+  "_set_<digest>" when ranges are changed (config.dataset.phantom_random_settings). Train example i is
+  `phantom_random.generate_randomized_example(phantom.example_seed("train", i), size,
+  RandomizationRanges(foreground=..., **settings).without(*groups_off))`. Bump VERSION whenever that generator's output
   changes.
 - `usgra_seg`: github.com/tmkand/usgra-seg (CC BY 4.0) from a manual directory: a clone of the repository or
   its `dataset/` folder. Train 204 (`dataset/images` + `dataset/masks`), test 40 (`dataset/test/...`). Configs:
@@ -26,6 +27,7 @@ Use `phantom_builder(...)` / `usgra_builder(...)` and `prepare(builder, manual_d
 import abc
 import dataclasses
 import functools
+import hashlib
 from pathlib import Path
 import re
 from typing import Optional, Sequence, Tuple
@@ -37,6 +39,7 @@ import tensorflow_datasets as tfds
 from veinjax.data import decode
 from veinjax.data import phantom
 from veinjax.data import phantom_random
+from veinjax.data import phantom_random_ranges
 
 _ROOT_FLAG = "--config.dataset.root"
 
@@ -127,6 +130,7 @@ class RandomPhantomConfig(VeinPhantomConfig):
   randomisation groups switched off (names in `phantom_random.GROUPS`, in that order; for ablations)."""
   foreground: str = "vessel"
   groups_off: Tuple[str, ...] = ()
+  settings: str = ""  # changed ranges, as phantom_random_ranges.format_settings spells them
 
 
 def canonical_groups_off(groups: Sequence[str]) -> Tuple[str, ...]:
@@ -138,28 +142,41 @@ def canonical_groups_off(groups: Sequence[str]) -> Tuple[str, ...]:
   return tuple(g for g in phantom_random.GROUPS if g in groups)
 
 
+# Changed ranges by the digest that names them in a config name (filled by random_phantom_config_name, which
+# every builder of this process is made through): a name stays short whatever the settings.
+_SETTINGS_BY_DIGEST = {}
+
+
 def random_phantom_config_name(size: int, num_train: int, num_test: int, foreground: str,
-                               groups_off: Sequence[str] = ()) -> str:
-  """"vessel_128px_300_200", or with groups off "vessel_128px_300_200_off_gain_speckle"."""
+                               groups_off: Sequence[str] = (), settings: str = "") -> str:
+  """"vessel_128px_300_200"; with groups off "vessel_128px_300_200_off_gain_speckle"; with changed ranges
+  (canonical `settings`) "..._set_<10 hex digits of their SHA-1>"."""
   off = "".join(f"_{g}" for g in canonical_groups_off(groups_off))
-  return f"{foreground}_{phantom_config_name(size, num_train, num_test)}" + (f"_off{off}" if off else "")
+  name = f"{foreground}_{phantom_config_name(size, num_train, num_test)}" + (f"_off{off}" if off else "")
+  if settings:
+    digest = hashlib.sha1(settings.encode()).hexdigest()[:10]
+    _SETTINGS_BY_DIGEST[digest] = settings
+    name += f"_set_{digest}"
+  return name
 
 
 @functools.lru_cache(maxsize=None)
 def _random_config_from_name(name: str) -> Optional[RandomPhantomConfig]:
   groups = "|".join(phantom_random.GROUPS)
-  match = re.fullmatch(r"(%s)_(\d+)px_(\d+)_(\d+)(?:_off((?:_(?:%s))+))?" % ("|".join(phantom_random.FOREGROUNDS),
-                                                                         groups), name)
-  if not match:
+  match = re.fullmatch(r"(%s)_(\d+)px_(\d+)_(\d+)(?:_off((?:_(?:%s))+))?(?:_set_([0-9a-f]{10}))?"
+                       % ("|".join(phantom_random.FOREGROUNDS), groups), name)
+  if not match or (match.group(6) and match.group(6) not in _SETTINGS_BY_DIGEST):
     return None
   foreground, off = match.group(1), tuple(match.group(5)[1:].split("_")) if match.group(5) else ()
+  settings = _SETTINGS_BY_DIGEST[match.group(6)] if match.group(6) else ""
   size, num_train, num_test = (int(g) for g in match.groups()[1:4])
-  if random_phantom_config_name(size, num_train, num_test, foreground, off) != name:
+  if random_phantom_config_name(size, num_train, num_test, foreground, off, settings) != name:
     return None  # groups repeated or out of order: one name per phantom, so one cache entry
-  described_off = f", without {', '.join(off)}" if off else ""
+  described = (f", without {', '.join(off)}" if off else "") + (f", ranges changed: {settings}" if settings else "")
   return RandomPhantomConfig(name=name, size=size, num_train=num_train, num_test=num_test, foreground=foreground,
-                             groups_off=off, description=f"{num_train} train / {num_test} test at {size}x{size}, "
-                                                         f"{foreground} masks{described_off}.")
+                             groups_off=off, settings=settings,
+                             description=f"{num_train} train / {num_test} test at {size}x{size}, "
+                                         f"{foreground} masks{described}.")
 
 
 class VeinPhantomRandom(_GeneratedPhantom):
@@ -167,7 +184,8 @@ class VeinPhantomRandom(_GeneratedPhantom):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First randomised generator (issue 19)."}
-  # Any "<vessel|vein>_<size>px_<num_train>_<num_test>[_off_<group>...]" name is a valid config.
+  # Any "<vessel|vein>_<size>px_<num_train>_<num_test>[_off_<group>...][_set_<digest>]" name is a valid config
+  # (a digest once this process has made a builder with those settings).
   BUILDER_CONFIGS = [_random_config_from_name(random_phantom_config_name(128, 300, 200, "vessel"))]
 
   @classmethod
@@ -179,7 +197,8 @@ class VeinPhantomRandom(_GeneratedPhantom):
 
   def _example(self, seed) -> tuple:
     cfg = self.builder_config
-    params = phantom_random.RandomizationRanges(foreground=cfg.foreground).without(*cfg.groups_off)
+    settings = phantom_random_ranges.parse_settings(cfg.settings)
+    params = phantom_random.RandomizationRanges(foreground=cfg.foreground, **settings).without(*cfg.groups_off)
     return phantom_random.generate_randomized_example(seed, cfg.size, params)
 
 
@@ -263,15 +282,19 @@ def phantom_builder(data_dir: Optional[str], size: int, num_train: int, num_test
 
 
 def random_phantom_builder(data_dir: Optional[str], size: int, num_train: int, num_test: int,
-                           foreground: str = "vessel", groups_off: Sequence[str] = ()) -> VeinPhantomRandom:
-  """The `vein_phantom_random` builder for this size, these split sizes, this foreground and these
-  randomisation groups switched off (not prepared)."""
+                           foreground: str = "vessel", groups_off: Sequence[str] = (),
+                           settings: str = "") -> VeinPhantomRandom:
+  """The `vein_phantom_random` builder for this size, these split sizes, this foreground, these
+  randomisation groups switched off and these ranges changed (`phantom_random_ranges.parse_settings`'s
+  spelling; not prepared)."""
   phantom_builder(data_dir, size, num_train, num_test)  # The same checks, with the same flags in the error.
   if foreground not in phantom_random.FOREGROUNDS:
     raise ValueError(f"--config.dataset.phantom_foreground={foreground!r}; valid: "
                      f"{', '.join(phantom_random.FOREGROUNDS)}.")
-  return VeinPhantomRandom(config=random_phantom_config_name(size, num_train, num_test, foreground, groups_off),
-                           data_dir=data_dir or None)
+  settings = phantom_random_ranges.format_settings(phantom_random_ranges.parse_settings(settings))
+  return VeinPhantomRandom(
+      config=random_phantom_config_name(size, num_train, num_test, foreground, groups_off, settings),
+      data_dir=data_dir or None)
 
 
 def usgra_builder(data_dir: Optional[str], config_name: str) -> UsgraSeg:
