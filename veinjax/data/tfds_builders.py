@@ -14,8 +14,8 @@ Both store 'image' (PNG, uint8 [H, W, C]), 'mask' (PNG, uint8 [H, W, 1], class i
   randomisation groups are switched off for an ablation ("vessel_128px_300_200_off_gain_speckle") and
   "_set_<digest>" when ranges are changed (config.dataset.phantom_random_settings). Train example i is
   `phantom_random.generate_randomized_example(phantom.example_seed("train", i), size,
-  RandomizationRanges(foreground=..., **settings).without(*groups_off))`. Bump VERSION whenever that generator's output
-  changes.
+  RandomizationRanges(foreground=..., **settings).without(*groups_off))`. Bump VERSION whenever that
+  generator's output changes.
 - `usgra_seg`: github.com/tmkand/usgra-seg (CC BY 4.0) from a manual directory: a clone of the repository or
   its `dataset/` folder. Train 204 (`dataset/images` + `dataset/masks`), test 40 (`dataset/test/...`). Configs:
   `vessel` (binary: mask label 2 = blood vessel -> 1, everything else 0) and `nerve_vessel` (0 background,
@@ -165,7 +165,7 @@ def _random_config_from_name(name: str) -> Optional[RandomPhantomConfig]:
   groups = "|".join(phantom_random.GROUPS)
   match = re.fullmatch(r"(%s)_(\d+)px_(\d+)_(\d+)(?:_off((?:_(?:%s))+))?(?:_set_([0-9a-f]{10}))?"
                        % ("|".join(phantom_random.FOREGROUNDS), groups), name)
-  if not match or (match.group(6) and match.group(6) not in _SETTINGS_BY_DIGEST):
+  if not match:
     return None
   foreground, off = match.group(1), tuple(match.group(5)[1:].split("_")) if match.group(5) else ()
   settings = _SETTINGS_BY_DIGEST[match.group(6)] if match.group(6) else ""
@@ -190,6 +190,9 @@ class VeinPhantomRandom(_GeneratedPhantom):
 
   @classmethod
   def get_builder_config(cls, name: str, version=None) -> Optional[RandomPhantomConfig]:
+    digest = re.search(r"_set_([0-9a-f]{10})$", name)
+    if digest and digest.group(1) not in _SETTINGS_BY_DIGEST:
+      return None  # settings this process has not seen (and not cached as such: they may come later)
     return super().get_builder_config(name, version) or _random_config_from_name(name)
 
   def _description(self) -> str:
