@@ -11,8 +11,9 @@ real dataset it never saw, zero-shot:
 
 - "validation": the real config's validation split (carved from its train split by the run's seed), the
   split the issue names;
-- "non_test": every non-test frame of the real dataset (its train split with validation_fraction=0), a
-  larger sample of the same kind: a phantom-only model trains on none of them.
+- "non_test": the real dataset's train split with no validation carved from it (validation_fraction=0), so
+  every non-test frame of a dataset without a validation folder of its own: a larger sample of the same
+  kind, none of which a phantom-only model trains on.
 
 The real test split is never evaluated here, so nothing is chosen on it. An arm is "all" (every group
 randomised) or groups joined by "+" ("gain+speckle+compression": those off together). The default arms are
@@ -44,7 +45,8 @@ _METRICS = ("dice", "iou")
 
 
 def groups_of(arm: str) -> list[str]:
-  """The randomisation groups an arm switches off ([] for "all"); a ValueError naming --arms if unknown."""
+  """The randomisation groups an arm switches off ([] for "all"), in GROUPS order; a ValueError naming
+  --arms if unknown."""
   from veinjax.data import phantom_random_ranges  # pylint: disable=g-import-not-at-top
   if arm == ALL:
     return []
@@ -53,13 +55,34 @@ def groups_of(arm: str) -> list[str]:
   if unknown or not arm:
     raise ValueError(f"--arms: {arm!r} is not an arm: use {ALL!r} or groups joined by '+' from "
                      f"{', '.join(phantom_random_ranges.GROUPS)}.")
-  return groups
+  return [g for g in phantom_random_ranges.GROUPS if g in groups]
+
+
+def check_arms(arms: Sequence[str]) -> None:
+  """Every arm known, "all" among them, and no arm twice (in any order of its groups)."""
+  canonical = ["+".join(groups_of(arm)) or ALL for arm in arms]
+  if ALL not in canonical:
+    raise ValueError(f"--arms must include {ALL!r}: the other arms are measured against it.")
+  repeated = sorted({a for a in canonical if canonical.count(a) > 1})
+  if repeated:
+    raise ValueError(f"--arms: {', '.join(repeated)} given twice; give each arm once.")
+
+
+def check_config(config) -> None:
+  """The base config trains on the randomised phantom with every group on (the arms switch them off)."""
+  if config.dataset.name != "vein_phantom_random":
+    raise ValueError(f"--config.dataset.name={config.dataset.name!r}: the ablation switches randomisation "
+                     "groups of vein_phantom_random; use configs/phantom_pretrain.py or set the name.")
+  if config.dataset.get("phantom_random_off", ""):
+    raise ValueError(f"--config.dataset.phantom_random_off={config.dataset.phantom_random_off!r}: the arms "
+                     "set it; leave it empty and name the groups in --arms.")
 
 
 def arm_config(config, arm: str, seed_index: int):
   """The training config of one arm and seed."""
   out = config.copy_and_resolve_references()
-  out.dataset.phantom_random_off = ",".join(groups_of(arm))
+  with out.unlocked():
+    out.dataset.phantom_random_off = ",".join(groups_of(arm))
   out.seed = int(config.seed) + seed_index
   return out
 
@@ -71,6 +94,18 @@ def _real_configs(run_config, real_config) -> dict[str, tuple[Any, str]]:
   non_test = evaluation.with_dataset_of(run_config, real_config, flag="--real_config")
   non_test.dataset.validation_fraction = 0.0
   return {"validation": (validation, "validation"), "non_test": (non_test, "train")}
+
+
+def check_real_data(config, real_config) -> None:
+  """Both real splits exist and are not empty (before any training, not after the first arm)."""
+  from veinjax.data import sources  # pylint: disable=g-import-not-at-top
+  for name, (real, split) in _real_configs(arm_config(config, ALL, 0), real_config).items():
+    try:
+      count = sources.num_examples(real, split)
+    except ValueError as e:
+      raise ValueError(f"--real_config: its {name} frames ({split} split): {e}") from None
+    if count == 0:
+      raise ValueError(f"--real_config: its {name} frames ({split} split) are empty.")
 
 
 def zero_shot(run_config, real_config, run_dir: str) -> dict[str, dict[str, float]]:
@@ -96,10 +131,9 @@ def zero_shot(run_config, real_config, run_dir: str) -> dict[str, dict[str, floa
 def run_ablation(config, real_config, workdir: str, arms: Sequence[str], num_seeds: int) -> list[dict[str, Any]]:
   """Trains (or skips, when finished) every arm and seed; returns one record per run."""
   from veinjax.experiments import compare  # pylint: disable=g-import-not-at-top
-  for arm in arms:  # every arm checked before the first run trains
-    groups_of(arm)
-  if ALL not in arms:
-    raise ValueError(f"--arms must include {ALL!r}: the other arms are measured against it.")
+  check_arms(arms)  # everything checked before the first run trains
+  check_config(config)
+  check_real_data(config, real_config)
   records = []
   for seed_index in range(num_seeds):
     for arm in arms:

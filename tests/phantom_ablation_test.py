@@ -5,6 +5,7 @@ import os
 import pytest
 
 from benchmarks import phantom_ablation
+from conftest import override
 from conftest import tiny_config
 
 _ARMS = ("all", "gain+speckle")
@@ -63,10 +64,19 @@ def test_the_table_pairs_each_arm_with_all(ablation):
     assert len(f.read().splitlines()) == 3
 
 
-@pytest.mark.parametrize("arms, match", [(("all", "gain+shadows"), "--arms.*shadows"),
-                                         (("gain",), "must include 'all'")])
-def test_bad_arms_fail_before_any_training(tmp_path, phantom_data_dir, arms, match):
+@pytest.mark.parametrize("arms, fields, match", [
+    (("all", "gain+shadows"), {}, "--arms.*shadows"),
+    (("gain",), {}, "must include 'all'"),
+    (("all", "gain+speckle", "speckle+gain"), {}, "--arms: gain\\+speckle given twice"),
+    (_ARMS, {"config.dataset.name": "vein_phantom"}, "dataset.name='vein_phantom'.*phantom_pretrain"),
+    (_ARMS, {"config.dataset.phantom_random_off": "overlays"}, "phantom_random_off='overlays'.*--arms"),
+    (_ARMS, {"real.dataset.validation_fraction": 0.0}, "--real_config: its validation frames"),
+])
+def test_bad_arms_or_configs_fail_before_any_training(tmp_path, phantom_data_dir, arms, fields, match):
   config, real = _configs(phantom_data_dir)
+  for key, value in fields.items():
+    which, _, field = key.partition(".")
+    override(config if which == "config" else real, **{field: value})
   with pytest.raises(ValueError, match=match):
     phantom_ablation.run_ablation(config, real, str(tmp_path / "runs"), arms, num_seeds=1)
   assert not os.path.exists(tmp_path / "runs")

@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import numpy_uses_avx512
 from veinjax.data import phantom
 from veinjax.data import phantom_random as pr
+from veinjax.data import phantom_random_ranges
 from veinjax.data import phantom_random_acoustics
 from veinjax.data import phantom_random_fields
 
@@ -360,3 +361,16 @@ def test_bad_phantom_settings_name_the_flag(tmp_path, spec, match):
   from veinjax.data import sources  # pylint: disable=g-import-not-at-top  (TensorFlow)
   with pytest.raises(ValueError, match=match):
     sources.load_raw_split(_config(tmp_path, phantom_random_settings=spec), "test")
+
+
+@pytest.mark.parametrize("spec, match", [
+    ("lumen_echo=0:0.5; lumen_echo=0.1:0.2", "lumen_echo is given twice"),
+    ("layer_echo=0:1", "log-uniformly, so lo must be > 0"),
+    ("num_layers=0:2", "a count; lo must be >= 1"),
+    ("num_veins=-3:-1", "a count; lo must be >= 0"),
+    ("lumen_echo=nan:0.5", "finite numbers"),
+    ("min_contrast=x", "min_contrast='x' is not a number"),
+])
+def test_settings_that_the_generator_cannot_draw_are_refused(spec, match):
+  with pytest.raises(ValueError, match=match):
+    phantom_random_ranges.parse_settings(spec)

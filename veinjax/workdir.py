@@ -37,7 +37,8 @@ HISTORY_FILE = "history.jsonl"
 # recorded config without one compares as if it had this value, so older runs stay comparable (resume,
 # compare). dataset.high_bit_depth "auto" reads 16-bit data as before unless a PNG has an sBIT chunk;
 # bn_running_variance "biased" and model_init "veinjax" are flax's BatchNorm and veinjax's init, as before;
-# unet_widths the original U-Net's.
+# unet_widths the original U-Net's; dataset.phantom_random_off / _settings "": every group randomised, with
+# the default ranges.
 ADDED_FIELDS = {"encoder_weights": "", "init_from": "", "init_from_checkpoint": "best", "init_from_scope": "all",
                 "input_mean": [], "input_std": [], "dataset.high_bit_depth": "auto", "dataset.group_pattern": "",
                 "final_fit": False, "bn_running_variance": "biased", "model_init": "veinjax",

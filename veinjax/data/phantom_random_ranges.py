@@ -5,6 +5,7 @@ group (`GROUPS`); `FIXED` holds the settings of the groups whose switch is off t
 """
 
 import dataclasses
+import math
 from typing import Any, Dict, Tuple
 
 Range = Tuple[float, float]
@@ -14,6 +15,9 @@ IntRange = Tuple[int, int]
 GROUPS = ("layers", "vessels", "distractors", "artifacts", "gain", "speckle", "compression", "geometry",
           "overlays")
 FOREGROUNDS = ("vessel", "vein")
+# Ranges drawn log-uniformly (so lo > 0), and counts with a least value other than 0.
+_LOG_UNIFORM = ("layer_echo", "scatterer_density")
+_MIN_COUNT = {"num_layers": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,10 +165,22 @@ class RandomizationRanges:
       raise ValueError(f"foreground={self.foreground!r}; valid: {', '.join(FOREGROUNDS)}.")
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
+      if isinstance(value, bool) or field.name == "foreground":
+        continue
+      # A range is drawn from, so finite; a threshold may be infinite (min_contrast=-inf: every vessel shows).
+      numbers = value if isinstance(value, tuple) else (value,)
+      finite = math.isfinite if isinstance(value, tuple) else lambda v: not math.isnan(v)
+      if not all(isinstance(v, (int, float)) and finite(v) for v in numbers):
+        raise ValueError(f"RandomizationRanges.{field.name}={value}: expected finite numbers (not NaN).")
       if isinstance(value, tuple) and (len(value) != 2 or value[0] > value[1]):
         raise ValueError(f"RandomizationRanges.{field.name}={value}: expected a (lo, hi) pair with lo <= hi.")
       if field.name.endswith("_probability") and not 0.0 <= value <= 1.0:
         raise ValueError(f"RandomizationRanges.{field.name}={value}: a probability must be in [0, 1].")
+      if field.name in _LOG_UNIFORM and value[0] <= 0:
+        raise ValueError(f"RandomizationRanges.{field.name}={value}: drawn log-uniformly, so lo must be > 0.")
+      if isinstance(value, tuple) and isinstance(value[0], int) and value[0] < _MIN_COUNT.get(field.name, 0):
+        raise ValueError(f"RandomizationRanges.{field.name}={value}: a count; lo must be >= "
+                         f"{_MIN_COUNT.get(field.name, 0)}.")
 
   def without(self, *groups: str) -> "RandomizationRanges":
     """A copy with these groups (names in `GROUPS`) switched off."""
@@ -212,6 +228,8 @@ def parse_settings(spec: str) -> Dict[str, Any]:
     if not sep or name not in fields:
       raise ValueError(f"{SETTINGS_FLAG}: {item!r} is not 'field=value' with a field of RandomizationRanges; "
                        f"valid fields: {', '.join(fields)}.")
+    if name in settings:
+      raise ValueError(f"{SETTINGS_FLAG}: {name} is given twice; give each field once.")
     default = getattr(defaults, name)
     kind = int if isinstance(default, tuple) and isinstance(default[0], int) else float
     try:
@@ -221,9 +239,8 @@ def parse_settings(spec: str) -> Dict[str, Any]:
       else:
         settings[name] = float(text)
     except ValueError:
-      shape = "lo:hi" if isinstance(default, tuple) else "a number"
-      raise ValueError(f"{SETTINGS_FLAG}: {name}={text!r} is not {shape} of {kind.__name__}s "
-                       f"(default {default}).") from None
+      shape = f"lo:hi of {kind.__name__}s" if isinstance(default, tuple) else "a number"
+      raise ValueError(f"{SETTINGS_FLAG}: {name}={text!r} is not {shape} (default {default}).") from None
   try:
     dataclasses.replace(defaults, **settings)
   except ValueError as e:

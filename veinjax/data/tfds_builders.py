@@ -8,7 +8,8 @@ Both store 'image' (PNG, uint8 [H, W, C]), 'mask' (PNG, uint8 [H, W, 1], class i
   and its name encodes them ("512px_300_200"), so phantoms of different sizes/counts never collide in the
   cache. Train example i is `phantom.generate_example(phantom.example_seed("train", i), size)`, test likewise.
   Bump VERSION whenever the generator's output changes, so stale caches are not reused.
-- `vein_phantom_random`: `veinjax.data.phantom_random` frames (domain-randomised, default ranges), likewise
+- `vein_phantom_random`: `veinjax.data.phantom_random` frames (domain-randomised; the default ranges unless
+  the config changes them), likewise
   by size and split sizes, plus the mask's foreground ("vessel": veins and arteries; "vein": veins only):
   configs "<foreground>_<size>px_<num_train>_<num_test>" ("vessel_128px_300_200"), with "_off_<group>..." when
   randomisation groups are switched off for an ablation ("vessel_128px_300_200_off_gain_speckle") and
@@ -135,6 +136,8 @@ class RandomPhantomConfig(VeinPhantomConfig):
 
 def canonical_groups_off(groups: Sequence[str]) -> Tuple[str, ...]:
   """The groups in `phantom_random.GROUPS` order, each once (a ValueError naming the flag if unknown)."""
+  if isinstance(groups, str):
+    raise TypeError(f"groups_off={groups!r}: give a sequence of group names, not one string.")
   unknown = sorted(set(groups) - set(phantom_random.GROUPS))
   if unknown:
     raise ValueError(f"--config.dataset.phantom_random_off names unknown randomisation group(s) {unknown}; "
