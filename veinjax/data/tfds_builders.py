@@ -133,6 +133,12 @@ class RandomPhantomConfig(VeinPhantomConfig):
   groups_off: Tuple[str, ...] = ()
   settings: str = ""  # changed ranges, as phantom_random_ranges.format_settings spells them
 
+  @functools.cached_property
+  def params(self) -> phantom_random.RandomizationRanges:
+    """What every frame of this config is drawn from (built once, not per frame)."""
+    settings = phantom_random_ranges.parse_settings(self.settings)
+    return phantom_random.RandomizationRanges(foreground=self.foreground, **settings).without(*self.groups_off)
+
 
 def canonical_groups_off(groups: Sequence[str]) -> Tuple[str, ...]:
   """The groups in `phantom_random.GROUPS` order, each once (a ValueError naming the flag if unknown)."""
@@ -203,9 +209,7 @@ class VeinPhantomRandom(_GeneratedPhantom):
 
   def _example(self, seed) -> tuple:
     cfg = self.builder_config
-    settings = phantom_random_ranges.parse_settings(cfg.settings)
-    params = phantom_random.RandomizationRanges(foreground=cfg.foreground, **settings).without(*cfg.groups_off)
-    return phantom_random.generate_randomized_example(seed, cfg.size, params)
+    return phantom_random.generate_randomized_example(seed, cfg.size, cfg.params)
 
 
 def usgra_dataset_dir(root) -> Path:
