@@ -114,6 +114,13 @@ def test_small_map_matmul_only_where_the_kernel_exceeds_the_map():
   assert _uses_matmul(functools.partial(conv), small, w)  # the context restores the default
 
 
+@pytest.fixture
+def ynn_convolutions(monkeypatch):
+  """As if XLA:CPU ran YNNPACK's convolutions (jaxlib 0.10's default), where the matmul weight gradient
+  applies; veinjax's import turns them off (veinjax/xla_cpu.py), so the suite runs without them."""
+  monkeypatch.setattr(layers.xla_cpu, "ynn_convolutions_active", lambda *args: True)
+
+
 def _weight_grad_jaxpr(conv_fn, x, w):
   return str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(conv_fn(x, w))))(w))
 
@@ -146,7 +153,7 @@ def _weight_grad_way(conv_fn, x, w):
 @pytest.mark.parametrize("way, channels", [("scan in halves", (32, 32)), ("scan", (32, 32)), ("im2col", (1, 8)),
                                            ("im2col", (3, 16)), ("scan in halves", (1, 8))])
 def test_matmul_weight_gradient_equals_the_convolution_gradients(size, kernel, stride, dilation, padding, way,
-                                                                 channels, monkeypatch):
+                                                                 channels, monkeypatch, ynn_convolutions):
   if way == "scan":  # one matmul per tap, as for channels of 256 x 256 and more
     monkeypatch.setattr(layers, "HALVES_BELOW_CHANNEL_PRODUCT", 0)
   if way == "scan in halves" and channels[0] == 1:  # a stem whose side-by-side windows would be too large
@@ -172,7 +179,7 @@ def test_matmul_weight_gradient_equals_the_convolution_gradients(size, kernel, s
   np.testing.assert_allclose(grads[1], grads_ref[1], rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(grads_ref[1]))))
 
 
-def test_matmul_weight_gradient_is_not_xlas_computation():
+def test_matmul_weight_gradient_is_not_xlas_computation(ynn_convolutions):
   """Guards the equality test above against comparing XLA's gradient with itself."""
   x, w = _x((2, 32, 32, 32)), _x((3, 3, 32, 32), seed=1) * 0.1
   grad = lambda conv_fn: jax.jit(jax.grad(lambda w: jnp.sum(jnp.sin(conv_fn(
@@ -180,7 +187,7 @@ def test_matmul_weight_gradient_is_not_xlas_computation():
   assert not np.array_equal(grad(layers.conv_general_dilated), grad(jax.lax.conv_general_dilated))
 
 
-def test_matmul_weight_gradient_in_bfloat16_is_as_close_to_float32_as_the_convolutions():
+def test_matmul_weight_gradient_in_bfloat16_is_as_close_to_float32_as_the_convolutions(ynn_convolutions):
   x, w = _x((2, 32, 32, 32)), _x((3, 3, 32, 32), seed=1) * 0.1
   padding = layers.conv_padding(3)
 
@@ -197,7 +204,7 @@ def test_matmul_weight_gradient_in_bfloat16_is_as_close_to_float32_as_the_convol
   assert error(ours) <= error(xla) * 1.5 + 1e-6  # float32 accumulation: no worse than XLA's bf16 conv
 
 
-def test_matmul_weight_gradient_keeps_one_input_sized_window_at_a_time():
+def test_matmul_weight_gradient_keeps_one_input_sized_window_at_a_time(ynn_convolutions):
   """The kh * kw shifted windows are made one after another: memory ~ the conv's own + two inputs (the
   padded copy and one window), not + kh * kw inputs. Temporaries here: XLA's conv 12 MiB, ours 18.5 MiB,
   the taps unrolled (before the scan) 76.5 MiB; the input is 8 MiB."""
@@ -213,7 +220,7 @@ def test_matmul_weight_gradient_keeps_one_input_sized_window_at_a_time():
   assert temp_bytes(layers.conv_general_dilated) <= temp_bytes(jax.lax.conv_general_dilated) + 3 * input_bytes
 
 
-def test_matmul_weight_gradient_only_on_large_enough_maps_with_enough_channels_or_a_stem():
+def test_matmul_weight_gradient_only_on_large_enough_maps_with_enough_channels_or_a_stem(ynn_convolutions):
   conv = functools.partial(layers.conv_general_dilated, window_strides=(1, 1), padding=((1, 1), (1, 1)),
                            dimension_numbers=_NHWC)
   large, small, thin = _x((1, 16, 16, 32)), _x((1, 8, 8, 32)), _x((1, 32, 32, 8))
@@ -229,7 +236,22 @@ def test_matmul_weight_gradient_only_on_large_enough_maps_with_enough_channels_o
     assert not _uses_matmul_weight_grad(functools.partial(conv), large, w)
 
 
-def test_unet_trains_with_the_same_gradients_with_and_without_the_cpu_workarounds():
+def test_weight_gradient_is_xlas_convolution_with_eigen_convolutions():
+  """veinjax's import turns YNNPACK's convolutions off on jaxlib 0.10 (veinjax/xla_cpu.py): then XLA's own
+  weight-gradient convolution is used, on maps of every size and on a stem."""
+  conv = functools.partial(layers.conv_general_dilated, window_strides=(1, 1), padding=((1, 1), (1, 1)),
+                           dimension_numbers=_NHWC)
+  eigen = "--xla_force_host_platform_device_count=1 --xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+  assert not layers.xla_cpu.ynn_convolutions_active(eigen)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("XLA_FLAGS", eigen)
+    assert not _uses_matmul_weight_grad(conv, _x((1, 16, 16, 32)), _x((3, 3, 32, 32)))
+    assert not _uses_matmul_weight_grad(conv, _x((1, 16, 16, 1)), _x((3, 3, 1, 8)))
+    patch.setenv("XLA_FLAGS", "")  # XLA's default: YNNPACK's convolutions, the matmuls
+    assert _uses_matmul_weight_grad(conv, _x((1, 16, 16, 32)), _x((3, 3, 32, 32)))
+
+
+def test_unet_trains_with_the_same_gradients_with_and_without_the_cpu_workarounds(ynn_convolutions):
   model = unet.UNet(num_classes=1, widths=(32, 64))
   x = _x((2, 32, 32, 1))
   variables = model.init(jax.random.key(0), x, train=False)

@@ -5,3 +5,8 @@ segmentation method based on ResNet34-UNet") with the baselines it is compared a
 """
 
 __version__ = "0.1.0"
+
+from veinjax import xla_cpu as _xla_cpu
+
+# Before JAX starts its CPU backend: XLA's Eigen convolutions instead of YNNPACK's (see veinjax/xla_cpu.py).
+_xla_cpu.apply_flags()

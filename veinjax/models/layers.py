@@ -40,6 +40,8 @@ from flax.linen import normalization as flax_normalization
 import jax
 import jax.numpy as jnp
 
+from veinjax import xla_cpu
+
 ModuleDef = Any
 Dtype = Any
 Initializer = Any  # (key, shape, dtype) -> array, as jax.nn.initializers
@@ -87,9 +89,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
      convolution is computed as im2col + one matmul: `python benchmarks/small_map_conv.py` measured an
      FCN-8s training step at 128x128 11.8x faster and a ResNet34-UNet step at 64x64 3.5x faster on a
      2-core CPU.
-  2. On a map of 16x16 or more, the weight gradient is computed by matmuls (`_conv_with_matmul_weight_grad`):
-     XLA:CPU's own weight-gradient ("backward filter") convolution runs up to ~10x below its forward
-     convolution on large maps, ~1.6x on 16x16 ones and ~4x in a gray image's 7x7 stem.
+  2. Where XLA:CPU runs convolutions through YNNPACK (jaxlib 0.10's default, which veinjax turns off at
+     import: `veinjax/xla_cpu.py`), on a map of 16x16 or more the weight gradient is computed by matmuls
+     (`_conv_with_matmul_weight_grad`): YNNPACK's weight-gradient ("backward filter") convolution runs up
+     to ~10x below its forward convolution on large maps, ~1.6x on 16x16 ones and ~4x in a gray image's
+     7x7 stem. XLA's Eigen convolutions need no such help (the matmuls made the resnet34_unet step at
+     512x512, batch 4, ~6% slower there), so with them this is XLA's convolution.
 
   Everywhere else (GPU, TPU, grouped convs, inside `lax_convolutions()`) this is exactly
   `lax.conv_general_dilated`. Same parameters either way; results equal up to float rounding.
@@ -118,7 +123,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   pads = _explicit_padding(lhs.shape[1:3], rhs.shape[:2], strides, padding, dilation)
   out_height, out_width = _conv_output_size(lhs.shape[1:3], rhs.shape[:2], strides, pads, dilation)
   cin, cout = rhs.shape[2:]
-  if (out_height * out_width >= MATMUL_WEIGHT_GRAD_MIN_PIXELS
+  if (xla_cpu.ynn_convolutions_active() and out_height * out_width >= MATMUL_WEIGHT_GRAD_MIN_PIXELS
       and (cin * cout >= MATMUL_WEIGHT_GRAD_MIN_CHANNEL_PRODUCT or cin <= MATMUL_WEIGHT_GRAD_MAX_STEM_CHANNELS)):
     return _conv_with_matmul_weight_grad(lhs, rhs, strides, pads, dilation, precision, preferred_element_type)
   return plain(lhs, rhs)
