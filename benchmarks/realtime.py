@@ -71,11 +71,13 @@ def _slug(candidate: str) -> str:
 def _config(candidate: str, size: int):
   """configs/realtime.py at `size` with the candidate's model (1 channel, 1 class)."""
   from configs import realtime  # pylint: disable=g-import-not-at-top
+  from veinjax import models  # pylint: disable=g-import-not-at-top
   config = realtime.get_config()
   name, encoder = _spec(candidate)
   config.model, config.image_size = name, size
-  if encoder:
-    config.encoder = encoder
+  # Without one, the model's own default encoder, not the realtime config's (mobilenetv3_small): a bare
+  # `resnet34_unet` is the paper's model.
+  config.encoder = encoder or models.DEFAULT_ENCODERS.get(name, models.DEFAULT_ENCODER)
   return config
 
 

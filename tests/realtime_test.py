@@ -33,3 +33,19 @@ def test_targets_take_the_fastest_runtime_and_the_lightest_peer():
 def test_the_targets_are_about_the_realtime_config():
   assert realtime.realtime_model() == "light_unet:mobilenetv3_small"
   assert realtime.targets(_ROWS) == []  # no row of that model above: no target line claims anything
+
+
+def test_each_candidate_gets_its_own_encoder_not_the_realtime_configs():
+  """A bare `resnet34_unet` is the paper's model (it once got configs/realtime.py's MobileNet encoder)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from veinjax import models, steps  # pylint: disable=g-import-not-at-top
+
+  def params(candidate):
+    config = realtime._config(candidate, 64)  # pylint: disable=protected-access
+    model = steps.create_model(config)
+    shapes = jax.eval_shape(lambda: steps.init_variables(model, config, jax.random.key(0)))
+    return config.encoder, models.count_params(shapes["params"])
+
+  assert params("resnet34_unet") == ("resnet34", 24_430_097)
+  assert params("light_unet:mobilenetv3_small") == ("mobilenetv3_small", 980_353)
+  assert params("ultralight_unet")[1] == 172_065

@@ -3,7 +3,8 @@
 jaxlib 0.10 runs every convolution on CPU through YNNPACK (its "ynn fusions") by default. On the x86 CPUs
 veinjax was measured on, those are slower than XLA's older Eigen convolutions, most of all backwards:
 a 3x3 conv on [4, 128, 128, 64] forward + both gradients took 352 ms with YNNPACK and 125 ms with Eigen,
-the forward alone 44 against 34 (2-core AMD EPYC, `python -m benchmarks.speed` in README "Training speed").
+the forward alone 44 against 34 (2-core AMD EPYC, jit, median of 5; the whole train step in README
+"Training speed on this CPU, against PyTorch").
 Importing veinjax therefore appends
 
     --xla_cpu_experimental_ynn_fusion_type=-individual_convolution
