@@ -236,19 +236,18 @@ def test_matmul_weight_gradient_only_on_large_enough_maps_with_enough_channels_o
     assert not _uses_matmul_weight_grad(functools.partial(conv), large, w)
 
 
-def test_weight_gradient_is_xlas_convolution_with_eigen_convolutions():
+def test_weight_gradient_is_xlas_convolution_with_eigen_convolutions(monkeypatch):
   """veinjax's import turns YNNPACK's convolutions off on jaxlib 0.10 (veinjax/xla_cpu.py): then XLA's own
   weight-gradient convolution is used, on maps of every size and on a stem."""
   conv = functools.partial(layers.conv_general_dilated, window_strides=(1, 1), padding=((1, 1), (1, 1)),
                            dimension_numbers=_NHWC)
-  eigen = "--xla_force_host_platform_device_count=1 --xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+  eigen = "--xla_force_host_platform_device_count=1 " + layers.xla_cpu.EIGEN_CONVOLUTIONS
   assert not layers.xla_cpu.ynn_convolutions_active(eigen)
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv("XLA_FLAGS", eigen)
-    assert not _uses_matmul_weight_grad(conv, _x((1, 16, 16, 32)), _x((3, 3, 32, 32)))
-    assert not _uses_matmul_weight_grad(conv, _x((1, 16, 16, 1)), _x((3, 3, 1, 8)))
-    patch.setenv("XLA_FLAGS", "")  # XLA's default: YNNPACK's convolutions, the matmuls
-    assert _uses_matmul_weight_grad(conv, _x((1, 16, 16, 32)), _x((3, 3, 32, 32)))
+  monkeypatch.setenv("XLA_FLAGS", eigen)
+  assert not _uses_matmul_weight_grad(conv, _x((1, 16, 16, 32)), _x((3, 3, 32, 32)))
+  assert not _uses_matmul_weight_grad(conv, _x((1, 16, 16, 1)), _x((3, 3, 1, 8)))
+  monkeypatch.setenv("XLA_FLAGS", "")  # XLA's default: YNNPACK's convolutions, the matmuls
+  assert _uses_matmul_weight_grad(conv, _x((1, 16, 16, 32)), _x((3, 3, 32, 32)))
 
 
 def test_unet_trains_with_the_same_gradients_with_and_without_the_cpu_workarounds(ynn_convolutions):
