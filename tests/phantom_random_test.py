@@ -135,9 +135,13 @@ def test_speckle_power_keeps_the_mean_and_has_the_asked_contrast(contrast, axial
 # ---- generate_randomized_example is pinned: results trained on it depend on its exact bytes ----
 
 # sha256 (first 32 hex digits) of image bytes + mask bytes, computed with the generator as it was before it
-# was split into modules (one 1114-line phantom_random.py). Covers linear, sector and identity geometry,
-# every distractor kind, a lifted probe edge, odd sizes, tuple seeds, foreground="vein" and every group off.
-_PARAMS = {"vessel": DEFAULT, "vein": pr.RandomizationRanges(foreground="vein"), "plain": DEFAULT.without(*pr.GROUPS)}
+# was split into modules (one 1114-line phantom_random.py), with generator 1.0.0's vessel ranges (the
+# defaults widened three of them in 1.1.0). Covers linear, sector and identity geometry, every distractor
+# kind, a lifted probe edge, odd sizes, tuple seeds, foreground="vein" and every group off.
+_VESSELS_1_0 = dict(vein_radius=(0.02, 0.15), border_blur=(0.0, 0.012), irregularity=(0.0, 0.1))
+_PARAMS = {"vessel": pr.RandomizationRanges(**_VESSELS_1_0),
+           "vein": pr.RandomizationRanges(foreground="vein", **_VESSELS_1_0),
+           "plain": DEFAULT.without(*pr.GROUPS)}
 _PINNED = {
     (0, 64, "vessel"): "4f7ba5f4e27f1f55d6fed16523fbf212",  # linear, specks
     (1, 64, "vessel"): "3b6ec814ea474674ac5e5d268ce47dd0",  # sector, an empty mask
@@ -166,6 +170,33 @@ def test_generate_randomized_example_is_byte_identical_to_the_pinned_outputs(see
   image, mask = pr.generate_randomized_example(seed, size, _PARAMS[params])
   pins = _PINNED if numpy_uses_avx512() else {**_PINNED, **_PINNED_WITHOUT_AVX512}
   assert hashlib.sha256(image.tobytes() + mask.tobytes()).hexdigest()[:32] == pins[(seed, size, params)]
+
+
+# The default ranges (generator 1.1.0, tfds_builders.VeinPhantomRandom.VERSION), pinned on a CPU without
+# AVX-512 (numpy's AVX-512 path may differ in last bits, as above): a change of a default must bump VERSION.
+_PINNED_DEFAULTS_WITHOUT_AVX512 = {
+    (0, 64): "ced38ce52f75deff3de00bf41494aa7a",
+    (2, 128): "5aeb2461ef501291435ce6d2b71ff14a",
+    (4, 256): "f4617e940c06ce6e4dfe0ae2e9f9ad61",
+    ((2, 7), 128): "2f3a6ed3d7a55b64e6b51a299b573641",
+}
+
+
+@pytest.mark.parametrize("seed,size", list(_PINNED_DEFAULTS_WITHOUT_AVX512))
+def test_the_default_ranges_are_pinned(seed, size):
+  if numpy_uses_avx512():
+    pytest.skip("pinned on numpy's path without AVX-512; pin these frames again on an AVX-512 CPU")
+  image, mask = pr.generate_randomized_example(seed, size)
+  digest = hashlib.sha256(image.tobytes() + mask.tobytes()).hexdigest()[:32]
+  assert digest == _PINNED_DEFAULTS_WITHOUT_AVX512[(seed, size)]
+
+
+def test_the_generator_version_names_the_default_vessel_ranges():
+  # 1.0.0's pins above hold with its vessel ranges; the defaults differ from them exactly in those.
+  from veinjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+  assert str(tfds_builders.VeinPhantomRandom.VERSION) == "1.1.0"
+  assert (DEFAULT.vein_radius, DEFAULT.border_blur, DEFAULT.irregularity) == ((0.02, 0.25), (0.0, 0.04), (0.0, 0.25))
+  assert dataclasses.replace(DEFAULT, **_VESSELS_1_0) != DEFAULT
 
 
 # ---- Each randomisation group: off is a fixed setting, on changes the frame ----
