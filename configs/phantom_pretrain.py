@@ -8,7 +8,7 @@ model's size, with vessel masks (veins and arteries: the usgra-seg "vessel" clas
 --config.dataset.phantom_foreground=vein for veins only). Everything else is configs/quickstart.py (batch 8,
 Adam 2e-3 with a cosine schedule, BCE + Dice, its augmentation), but with 800 train frames instead of 300 and
 5 epochs instead of 8: a randomised look per frame wants more frames (720 train frames after the 10%
-validation carve-out, 90 steps an epoch, ~9 min on a 2-core CPU). A longer pretraining (1500 frames, 8
+validation carve-out, 90 steps an epoch, ~8-9 min on a 2-core CPU). A longer pretraining (1500 frames, 8
 epochs) transferred no better to real frames zero-shot (measured with generator 1.0.0, README). The
 validation split is carved from the phantom's train frames, so the best checkpoint is chosen on phantom
 frames, never on real data.
