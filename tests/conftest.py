@@ -10,6 +10,7 @@
 """
 
 import asyncio
+import hashlib
 import importlib.util
 import pathlib
 
@@ -35,6 +36,11 @@ def numpy_uses_avx512() -> bool:
   import numpy as np  # pylint: disable=g-import-not-at-top
   features = np._core._multiarray_umath.__cpu_features__  # pylint: disable=protected-access
   return bool(features.get("AVX512_SKX", False))
+
+
+def frame_digest(image, mask) -> str:
+  """The pin of a generated phantom frame: sha256 (first 32 hex digits) of its image bytes + mask bytes."""
+  return hashlib.sha256(image.tobytes() + mask.tobytes()).hexdigest()[:32]
 
 
 def load_config(name: str):
