@@ -33,8 +33,9 @@ class RandomizationRanges:
   widening the vessels' size, border blur and irregularity (`vein_radius`, `border_blur`, `irregularity`,
   VERSION 1.1.0) raised the transfer from Dice 0.35 to 0.45 (non-test, means over seeds), the size carrying
   it (each put back alone, seed 0: size 0.29, blur 0.47, irregularity 0.44, against 0.46); grey lumens
-  (`lumen_echo` up to 0.35 or 0.5) and more haze lowered it, so lumens stay near-anechoic. The other ranges
-  are the first guesses.
+  (`lumen_echo` up to 0.35 or 0.5) and more haze lowered it, so lumens stay near-anechoic; the visibility
+  threshold `min_contrast` 0.3 beat 0.15 and 0.45 (non-test Dice 0.46 against 0.41 either way, seed 0).
+  The other ranges are the first guesses.
   """
   foreground: str = "vessel"  # "vessel": veins and arteries are the mask; "vein": veins only
 
