@@ -135,7 +135,7 @@ class Group:
 
 
 def group_by(rows: Sequence[TruthComponent], field: str, edges: Sequence[float]) -> list[Group]:
-  """Rows binned by `field` (a TruthComponent field or property; booleans are 0 / 1) at (edges[i], edges[i+1]].
+  """Rows binned by `field` (a TruthComponent field; booleans are 0 / 1) at (edges[i], edges[i+1]].
 
   Empty bins are left out; values outside every bin are not counted.
   """
