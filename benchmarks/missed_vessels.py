@@ -48,10 +48,10 @@ def measure(predictor, frames: Sequence[np.ndarray], masks: Sequence[np.ndarray]
   """(truth components, false component areas) over the frames; masks are class masks at the frames' sizes."""
   components, false = [], []
   for frame, mask in zip(frames, masks):
-    predicted = predictor.mask(predictor.frame_probabilities([frame])[0])
+    predicted = predictor.mask(predictor.frame_probabilities([frame])[0]) == foreground
     truth = np.asarray(mask) == foreground
-    components += detection.truth_components(frame, truth, predicted == foreground)
-    false += detection.false_components(truth, predicted == foreground)
+    components += detection.truth_components(frame, truth, predicted)
+    false += detection.false_components(truth, predicted)
   return components, false
 
 

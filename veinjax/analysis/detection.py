@@ -17,7 +17,6 @@ black lumen, 0 a lumen as bright as its surroundings, negative a brighter one.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,9 +52,17 @@ def _check_pair(name: str, a: np.ndarray, b: np.ndarray) -> None:
                      f"at one size (e.g. Predictor.frame_probabilities maps predictions onto the frame).")
 
 
+def _gray(image: np.ndarray) -> np.ndarray:
+  """[H, W] grey levels 0-255 of a [H, W] or [H, W, C] image (channels averaged)."""
+  return image if image.ndim == 2 else image.mean(axis=-1)
+
+
 def picture_box(image: np.ndarray) -> tuple[int, int, int, int]:
   """(row0, col0, row1, col1), exclusive ends: the rows and columns that are mostly not black margin."""
-  gray = image if image.ndim == 2 else image.mean(axis=-1)
+  return _picture_box_of(_gray(np.asarray(image)))
+
+
+def _picture_box_of(gray: np.ndarray) -> tuple[int, int, int, int]:
   lit = gray > _MARGIN_LEVEL
   rows = np.flatnonzero(lit.mean(axis=1) > 0.3)
   cols = np.flatnonzero(lit.mean(axis=0) > 0.3)
@@ -77,29 +84,27 @@ def truth_components(image: np.ndarray, truth: np.ndarray, prediction: np.ndarra
   _check_pair("truth and prediction", truth, prediction)
   if not 0 < ring_fraction < 0.5:
     raise ValueError(f"ring_fraction is a share of the frame's height in (0, 0.5); got {ring_fraction}.")
-  gray = (image if image.ndim == 2 else image.mean(axis=-1)).astype(np.float64) / 255.0
+  gray255 = _gray(image)
+  gray = gray255.astype(np.float64) / 255.0
   truth_fg = geometry.foreground_of(truth, foreground)
   predicted = geometry.foreground_of(prediction, foreground)
-  labels, _ = geometry.label_components(truth_fg, None)
+  # Area, diameter, centroid depth and box of each component: geometry's measurement, made relative here.
+  labels, vessels = geometry.label_and_measure(truth_fg)
   height, width = truth_fg.shape
   ring_px = max(1, round(ring_fraction * height))
-  r0, c0, r1, c1 = picture_box(image)
+  r0, c0, r1, c1 = _picture_box_of(gray255)
   rows = []
-  for label, box in enumerate(ndimage.find_objects(labels), start=1):
-    if box is None:
-      continue
-    component = labels == label
-    pixels = int(component.sum())
+  for vessel in vessels:
+    component = labels == vessel.label
     ring = ndimage.binary_dilation(component, iterations=ring_px) & ~truth_fg
     lumen = float(gray[component].mean())
     ring_grey = float(gray[ring].mean()) if ring.any() else lumen
-    top, bottom = box[0].start, box[0].stop
-    left, right = box[1].start, box[1].stop
+    top, left, bottom, right = vessel.bbox
     cut = (top <= r0 + edge_px or bottom >= r1 - edge_px or left <= c0 + edge_px or right >= c1 - edge_px)
     rows.append(TruthComponent(
-        area=pixels / (height * width),
-        equivalent_diameter=2.0 * math.sqrt(pixels / math.pi) / height,
-        depth=float(np.nonzero(component)[0].mean() + 0.5) / height,
+        area=vessel.area_px / (height * width),
+        equivalent_diameter=vessel.equivalent_diameter_px / height,
+        depth=vessel.depth_px / height,
         lumen_grey=lumen, ring_grey=ring_grey,
         contrast=(ring_grey - lumen) / max(ring_grey, 0.05),
         touches_picture_edge=bool(cut),
