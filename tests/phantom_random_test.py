@@ -295,6 +295,27 @@ def test_letterboxed_linear_scans_have_black_margins():
   assert (frame.image[~frame.valid] == 0).all() and (frame.mask[~frame.valid] == 0).all()
 
 
+def _foreground_on_the_bottom_row(frame):
+  """Whether the mask reaches the picture's last valid row in any column (a vessel cut by the scan's bottom)."""
+  rows = np.arange(frame.valid.shape[0])[:, None]
+  last_valid = np.where(frame.valid, rows, -1).max(axis=0)  # per column; -1 where no picture
+  columns = np.flatnonzero(last_valid >= 0)
+  return bool((frame.mask[last_valid[columns], columns] > 0).any())
+
+
+def test_vessels_reach_below_the_scan_only_when_max_share_below_allows():
+  deep_and_large = dict(sector_probability=0.0, letterbox_probability=0.0, overlays=False, num_veins=(2, 3),
+                        vessel_depth=(0.75, 0.92), vein_radius=(0.12, 0.25))
+  whole = [_frame(seed, 96, dataclasses.replace(DEFAULT, **deep_and_large)) for seed in range(16)]
+  cut = [_frame(seed, 96, dataclasses.replace(DEFAULT, max_share_below=0.5, **deep_and_large))
+         for seed in range(16)]
+  assert sum(frame.mask.any() for frame in whole) >= 4  # vessels are drawn, only never past the bottom
+  assert not any(_foreground_on_the_bottom_row(frame) for frame in whole)
+  assert sum(_foreground_on_the_bottom_row(frame) for frame in cut) >= 4
+  with pytest.raises(ValueError, match="max_share_below.*\\[0, 1\\)"):
+    pr.RandomizationRanges(max_share_below=1.0)
+
+
 # ---- Speed (loose: the machine is shared) ----
 
 

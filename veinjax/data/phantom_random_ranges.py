@@ -66,6 +66,9 @@ class RandomizationRanges:
   num_veins: IntRange = (0, 3)
   num_arteries: IntRange = (0, 2)
   vessel_depth: Range = (0.06, 0.92)  # x size: depth of a vessel's centre (beam space)
+  # The largest share of a vessel's height that may lie below the scan's bottom edge, as a deep vessel runs
+  # out of the imaged depth (0: every vessel whole, above 0.98 of the depth: 1.1.0; 0.5: down to its centre).
+  max_share_below: float = 0.0
   vein_radius: Range = (0.02, 0.25)  # x size: semi-major axis (up to jugular, femoral veins; 1.0.0: 0.15)
   vein_aspect: Range = (0.35, 1.0)  # minor / major axis
   compressed_probability: float = 0.15  # chance that a vein is compressed flat ...
@@ -182,6 +185,9 @@ class RandomizationRanges:
         raise ValueError(f"RandomizationRanges.{field.name}={value}: expected a (lo, hi) pair with lo <= hi.")
       if field.name.endswith("_probability") and not 0.0 <= value <= 1.0:
         raise ValueError(f"RandomizationRanges.{field.name}={value}: a probability must be in [0, 1].")
+      if field.name == "max_share_below" and not 0.0 <= value < 1.0:
+        raise ValueError(f"RandomizationRanges.max_share_below={value}: a share of a vessel's height in [0, 1) "
+                         f"(1 would let a vessel lie wholly below the scan).")
       if field.name in _LOG_UNIFORM and value[0] <= 0:
         raise ValueError(f"RandomizationRanges.{field.name}={value}: drawn log-uniformly, so lo must be > 0.")
       if isinstance(value, tuple) and isinstance(value[0], int) and value[0] < _MIN_COUNT.get(field.name, 0):

@@ -80,7 +80,8 @@ def random_vessels(rng: np.random.Generator, p: RandomizationRanges, n: int, tis
       v = RandomVessel(cx, cy, a, b, angle, max(wall / sy, 0.0), harmonics, is_vein)
       rad = v.outer_radius
       vertical = max(b, a * abs(math.sin(angle))) * (1 + 2 * irregular) + v.wall
-      if cy - vertical < tissue.skin + 0.01 * n or cy + vertical > 0.98 * n:
+      below = cy + vertical - 0.98 * n  # how far it runs past the scan's bottom (<= 0: whole)
+      if cy - vertical < tissue.skin + 0.01 * n or below > p.max_share_below * 2 * vertical:
         continue
       if any(np.hypot(cx - o.cx, cy - o.cy) < rad + o.outer_radius + 0.01 * n for o in vessels):
         continue
