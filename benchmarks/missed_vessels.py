@@ -7,8 +7,8 @@ r"""Which vessels a trained run misses: found share and pixel recall by size, co
 The run's Predictor segments every frame of the split at the frame's own size (as predict.py does, no
 post-processing); each ground-truth vessel (connected component of the foreground) is then measured
 (`veinjax.analysis.detection`) and the components are tabulated by equivalent diameter, Weber contrast, lumen
-grey level, depth and whether the picture's edge cuts them, each row giving how many, the share found (most
-of its pixels predicted), the pixel recall and the share of all vessel pixels. Predicted components that
+grey level, depth, whether the picture's edge cuts them and which edge, each row giving how many, the share
+found (most of its pixels predicted), the pixel recall and the share of all vessel pixels. Predicted components that
 touch no vessel are summarised too. `--dataset_config` measures the run on another dataset (its `dataset`
 block replaces the run's, as in eval.py): e.g. a phantom-trained run on real frames, zero-shot; with
 `validation_fraction=0` and `--split=train` on every non-test frame. Never choose anything on a test split
@@ -76,6 +76,11 @@ def tables_markdown(components: Sequence[detection.TruthComponent], false: Seque
       lines.append(f"| {_bin_name(field, g.low, g.high)} | {g.count} | {g.found_share:.3f} | "
                    f"{g.pixel_recall:.3f} | {g.pixel_share:.2f} |")
     lines.append("")
+  lines += ["| which edge cuts it | vessels | found | pixel recall | share of vessel pixels |",
+            "|---|---:|---:|---:|---:|"]
+  for name, g in detection.group_by_cut_edge(components).items():
+    lines.append(f"| {name} | {g.count} | {g.found_share:.3f} | {g.pixel_recall:.3f} | {g.pixel_share:.2f} |")
+  lines.append("")
   return "\n".join(lines)
 
 

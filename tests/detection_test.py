@@ -50,6 +50,25 @@ def test_picture_edge_is_the_margin_not_only_the_frame():
   cut = disc(100, 50, 10, 8)  # centred on the margin's edge: its visible part is cut by the picture's edge
   rows = detection.truth_components(image, cut, np.zeros_like(cut))
   assert len(rows) == 1 and rows[0].touches_picture_edge and rows[0].detected_share == 0.0
+  assert rows[0].cut_edges == ("left",)
+
+
+def test_cut_edges_name_each_edge_and_group_by_cut_edge_pools_them():
+  image, truth, prediction, big, small = frame_with_two_vessels()
+  bottom_left = disc(100, 99, 10, 8)  # on the margin's edge and the frame's bottom: cut twice
+  bottom = disc(100, 98, 60, 6)
+  truth = (big | small | bottom_left | bottom).astype(np.uint8)
+  prediction = (big | bottom).astype(np.uint8)
+  rows = detection.truth_components(image, truth, prediction)
+  assert sorted(r.cut_edges for r in rows) == [(), (), ("bottom",), ("bottom", "left")]
+  assert all(r.touches_picture_edge == bool(r.cut_edges) for r in rows)
+  groups = detection.group_by_cut_edge(rows)
+  assert list(groups) == ["none", "bottom", "several"]  # empty groups left out, in a fixed order
+  total = truth.sum()
+  assert groups["none"].count == 2 and groups["none"].found_share == 0.5
+  assert groups["bottom"].pixel_recall == 1.0 and groups["several"].pixel_recall == 0.0
+  assert groups["bottom"].pixel_share == pytest.approx(bottom.sum() / total)
+  assert sum(g.pixel_share for g in groups.values()) == pytest.approx(1.0)
 
 
 def test_false_components_are_those_touching_no_vessel():
@@ -83,6 +102,8 @@ def test_bad_input_is_named():
     detection.truth_components(image[:50], truth, prediction)
   with pytest.raises(ValueError, match="not a TruthComponent field"):
     detection.group_by([], "size", (0, 1))
+  with pytest.raises(ValueError, match="group_by_cut_edge"):
+    detection.group_by([], "cut_edges", (0, 1))
   with pytest.raises(ValueError, match="edges must rise"):
     detection.group_by([], "depth", (1, 0))
   with pytest.raises(ValueError, match="probabilities"):
@@ -111,3 +132,4 @@ def test_benchmark_measures_frames_and_tables_say_what_was_found():
   text = missed_vessels.tables_markdown(components, false)
   assert text.startswith("4 true vessels: 0.250 found")
   assert "| cut by the picture's edge | vessels |" in text and "| no | 4 | 0.250 |" in text
+  assert "| which edge cuts it | vessels |" in text and "| none | 4 | 0.250 |" in text

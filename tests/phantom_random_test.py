@@ -136,9 +136,11 @@ def test_speckle_power_keeps_the_mean_and_has_the_asked_contrast(contrast, axial
 
 # `frame_digest` of each frame, computed with the generator as it was before it
 # was split into modules (one 1114-line phantom_random.py), with generator 1.0.0's vessel ranges (the
-# defaults widened three of them in 1.1.0). Covers linear, sector and identity geometry, every distractor
-# kind, a lifted probe edge, odd sizes, tuple seeds, foreground="vein" and every group off.
-_VESSELS_1_0 = dict(vein_radius=(0.02, 0.15), border_blur=(0.0, 0.012), irregularity=(0.0, 0.1))
+# defaults widened three of them in 1.1.0, and 1.2.0 lets vessels run below the scan). Covers linear, sector
+# and identity geometry, every distractor kind, a lifted probe edge, odd sizes, tuple seeds, foreground="vein"
+# and every group off.
+_VESSELS_1_0 = dict(vein_radius=(0.02, 0.15), border_blur=(0.0, 0.012), irregularity=(0.0, 0.1),
+                    max_share_below=0.0)
 _PARAMS = {"vessel": pr.RandomizationRanges(**_VESSELS_1_0),
            "vein": pr.RandomizationRanges(foreground="vein", **_VESSELS_1_0),
            "plain": DEFAULT.without(*pr.GROUPS)}
@@ -172,30 +174,37 @@ def test_generate_randomized_example_is_byte_identical_to_the_pinned_outputs(see
   assert frame_digest(image, mask) == pins[(seed, size, params)]
 
 
-# The default ranges (generator 1.1.0, tfds_builders.VeinPhantomRandom.VERSION), pinned on a CPU without
-# AVX-512 (numpy's AVX-512 path may differ in last bits, as above): a change of a default must bump VERSION.
+# The default ranges (generator 1.2.0, tfds_builders.VeinPhantomRandom.VERSION) and 1.1.0's (the same with
+# max_share_below=0), pinned on a CPU without AVX-512 (numpy's AVX-512 path may differ in last bits, as
+# above): a change of a default must bump VERSION. Frames (2, 128) and (11, 96) draw a vessel below the scan.
 _PINNED_DEFAULTS_WITHOUT_AVX512 = {
-    (0, 64): "ced38ce52f75deff3de00bf41494aa7a",
-    (2, 128): "5aeb2461ef501291435ce6d2b71ff14a",
-    (4, 256): "f4617e940c06ce6e4dfe0ae2e9f9ad61",
-    ((2, 7), 128): "2f3a6ed3d7a55b64e6b51a299b573641",
+    ("1.2.0", 0, 64): "ced38ce52f75deff3de00bf41494aa7a",
+    ("1.2.0", 2, 128): "2ca5ff2641baf84476e48f0abebc519c",
+    ("1.2.0", 4, 256): "f4617e940c06ce6e4dfe0ae2e9f9ad61",
+    ("1.2.0", (2, 7), 128): "2f3a6ed3d7a55b64e6b51a299b573641",
+    ("1.2.0", 11, 96): "77248272f86dc969deac1d80fe8aad43",
+    ("1.1.0", 0, 64): "ced38ce52f75deff3de00bf41494aa7a",
+    ("1.1.0", 2, 128): "5aeb2461ef501291435ce6d2b71ff14a",
+    ("1.1.0", 4, 256): "f4617e940c06ce6e4dfe0ae2e9f9ad61",
+    ("1.1.0", (2, 7), 128): "2f3a6ed3d7a55b64e6b51a299b573641",
 }
+_RANGES_OF_VERSION = {"1.2.0": DEFAULT, "1.1.0": dataclasses.replace(DEFAULT, max_share_below=0.0)}
 
 
-@pytest.mark.parametrize("seed,size", list(_PINNED_DEFAULTS_WITHOUT_AVX512))
-def test_the_default_ranges_are_pinned(seed, size):
+@pytest.mark.parametrize("version,seed,size", list(_PINNED_DEFAULTS_WITHOUT_AVX512))
+def test_the_default_ranges_are_pinned(version, seed, size):
   if numpy_uses_avx512():
     pytest.skip("pinned on numpy's path without AVX-512; pin these frames again on an AVX-512 CPU")
-  image, mask = pr.generate_randomized_example(seed, size)
-  assert frame_digest(image, mask) == _PINNED_DEFAULTS_WITHOUT_AVX512[(seed, size)]
+  image, mask = pr.generate_randomized_example(seed, size, _RANGES_OF_VERSION[version])
+  assert frame_digest(image, mask) == _PINNED_DEFAULTS_WITHOUT_AVX512[(version, seed, size)]
 
 
 def test_the_generator_version_names_the_default_vessel_ranges():
   # 1.0.0's pins above hold with its vessel ranges; the defaults differ from them exactly in those.
   from veinjax.data import tfds_builders  # pylint: disable=g-import-not-at-top
-  assert str(tfds_builders.VeinPhantomRandom.VERSION) == "1.1.0"
-  widened = (DEFAULT.vein_radius, DEFAULT.border_blur, DEFAULT.irregularity)
-  assert widened == ((0.02, 0.25), (0.0, 0.04), (0.0, 0.25))
+  assert str(tfds_builders.VeinPhantomRandom.VERSION) == "1.2.0"
+  widened = (DEFAULT.vein_radius, DEFAULT.border_blur, DEFAULT.irregularity, DEFAULT.max_share_below)
+  assert widened == ((0.02, 0.25), (0.0, 0.04), (0.0, 0.25), 0.5)
   assert dataclasses.replace(DEFAULT, **_VESSELS_1_0) != DEFAULT
 
 
@@ -306,7 +315,8 @@ def _foreground_on_the_bottom_row(frame):
 def test_vessels_reach_below_the_scan_only_when_max_share_below_allows():
   deep_and_large = dict(sector_probability=0.0, letterbox_probability=0.0, overlays=False, num_veins=(2, 3),
                         vessel_depth=(0.75, 0.92), vein_radius=(0.12, 0.25))
-  whole = [_frame(seed, 96, dataclasses.replace(DEFAULT, **deep_and_large)) for seed in range(16)]
+  whole = [_frame(seed, 96, dataclasses.replace(DEFAULT, max_share_below=0.0, **deep_and_large))
+           for seed in range(16)]
   cut = [_frame(seed, 96, dataclasses.replace(DEFAULT, max_share_below=0.5, **deep_and_large))
          for seed in range(16)]
   assert sum(frame.mask.any() for frame in whole) >= 4  # vessels are drawn, only never past the bottom
@@ -314,6 +324,16 @@ def test_vessels_reach_below_the_scan_only_when_max_share_below_allows():
   assert sum(_foreground_on_the_bottom_row(frame) for frame in cut) >= 4
   with pytest.raises(ValueError, match="max_share_below.*\\[0, 1\\)"):
     pr.RandomizationRanges(max_share_below=1.0)
+
+
+def test_vessel_lateral_places_centres_across_the_asked_share_of_the_width():
+  centred = dataclasses.replace(DEFAULT, vessel_lateral=(0.45, 0.55), num_veins=(1, 1), num_arteries=(0, 0),
+                                vein_radius=(0.03, 0.05), sector_probability=0.0, letterbox_probability=0.0)
+  columns = [np.nonzero(frame.mask)[1].mean() / 96 for frame in (_frame(s, 96, centred) for s in range(10))
+             if frame.mask.any()]
+  assert len(columns) >= 4 and all(0.35 < c < 0.65 for c in columns)
+  with pytest.raises(ValueError, match="vessel_lateral.*\\[0, 1\\]"):
+    pr.RandomizationRanges(vessel_lateral=(-0.1, 1.0))
 
 
 # ---- Speed (loose: the machine is shared) ----

@@ -38,6 +38,7 @@ class TruthComponent:
   ring_grey: float  # mean grey level of the ring around it, 0-1
   contrast: float  # Weber contrast (module docstring)
   touches_picture_edge: bool  # cut by the edge of the scanned picture (the frame's or its black margin's)
+  cut_edges: tuple[str, ...]  # which edges cut it, of "top", "bottom", "left", "right" (empty: none)
   detected_share: float  # share of its pixels predicted foreground
 
   @property
@@ -100,14 +101,16 @@ def truth_components(image: np.ndarray, truth: np.ndarray, prediction: np.ndarra
     lumen = float(gray[component].mean())
     ring_grey = float(gray[ring].mean()) if ring.any() else lumen
     top, left, bottom, right = vessel.bbox
-    cut = (top <= r0 + edge_px or bottom >= r1 - edge_px or left <= c0 + edge_px or right >= c1 - edge_px)
+    cut = tuple(edge for edge, touches in (("top", top <= r0 + edge_px), ("bottom", bottom >= r1 - edge_px),
+                                           ("left", left <= c0 + edge_px), ("right", right >= c1 - edge_px))
+                if touches)
     rows.append(TruthComponent(
         area=vessel.area_px / (height * width),
         equivalent_diameter=vessel.equivalent_diameter_px / height,
         depth=vessel.depth_px / height,
         lumen_grey=lumen, ring_grey=ring_grey,
         contrast=(ring_grey - lumen) / max(ring_grey, 0.05),
-        touches_picture_edge=bool(cut),
+        touches_picture_edge=bool(cut), cut_edges=cut,
         detected_share=float(predicted[component].mean())))
   return rows
 
@@ -139,6 +142,25 @@ class Group:
   pixel_share: float  # their pixels' share of all true vessel pixels
 
 
+def _group(rows: Sequence[TruthComponent], low: float, high: float, total_area: float) -> Group:
+  areas = np.array([r.area for r in rows])
+  detected = np.array([r.detected_share for r in rows])
+  return Group(low=float(low), high=float(high), count=len(rows), found_share=float((detected > 0.5).mean()),
+               pixel_recall=float((detected * areas).sum() / areas.sum()) if areas.sum() > 0 else 0.0,
+               pixel_share=float(areas.sum()) / total_area if total_area > 0 else 0.0)
+
+
+def group_by_cut_edge(rows: Sequence[TruthComponent]) -> dict[str, Group]:
+  """Rows grouped by the picture edge that cuts them: "none", "top", "bottom", "left", "right", or "several"
+  (cut by more than one). Empty groups are left out; a group's low / high are NaN (not a numeric bin)."""
+  total = float(sum(r.area for r in rows))
+  names = ("none", "top", "bottom", "left", "right", "several")
+  def name_of(row):
+    return "none" if not row.cut_edges else row.cut_edges[0] if len(row.cut_edges) == 1 else "several"
+  groups = {name: [r for r in rows if name_of(r) == name] for name in names}
+  return {name: _group(members, np.nan, np.nan, total) for name, members in groups.items() if members}
+
+
 def group_by(rows: Sequence[TruthComponent], field: str, edges: Sequence[float]) -> list[Group]:
   """Rows binned by `field` (a TruthComponent field; booleans are 0 / 1) at (edges[i], edges[i+1]].
 
@@ -149,18 +171,13 @@ def group_by(rows: Sequence[TruthComponent], field: str, edges: Sequence[float])
     raise ValueError(f"group_by: {field!r} is not a TruthComponent field; fields: {', '.join(sorted(names))}.")
   if len(edges) < 2 or any(b <= a for a, b in zip(edges[:-1], edges[1:])):
     raise ValueError(f"group_by: edges must rise, at least two of them; got {list(edges)}.")
-  values = np.array([float(getattr(r, field)) for r in rows])
-  areas = np.array([r.area for r in rows])
-  detected = np.array([r.detected_share for r in rows])
-  total = float(areas.sum())
+  if field == "cut_edges":
+    raise ValueError("group_by: cut_edges are names, not numbers; group them with group_by_cut_edge.")
+  values = [float(getattr(r, field)) for r in rows]
+  total = float(sum(r.area for r in rows))
   groups = []
   for low, high in zip(edges[:-1], edges[1:]):
-    inside = (values > low) & (values <= high)
-    if not inside.any():
-      continue
-    group_area = float(areas[inside].sum())
-    groups.append(Group(low=float(low), high=float(high), count=int(inside.sum()),
-                        found_share=float((detected[inside] > 0.5).mean()),
-                        pixel_recall=float((detected[inside] * areas[inside]).sum() / group_area),
-                        pixel_share=group_area / total if total > 0 else 0.0))
+    inside = [r for r, v in zip(rows, values) if low < v <= high]
+    if inside:
+      groups.append(_group(inside, low, high, total))
   return groups

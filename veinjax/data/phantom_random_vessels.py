@@ -63,7 +63,7 @@ def random_vessels(rng: np.random.Generator, p: RandomizationRanges, n: int, tis
   for is_vein in kinds:
     for _ in range(30):
       cy = uniform(rng, p.vessel_depth) * n
-      cx = rng.uniform(0.05, 0.95) * n
+      cx = uniform(rng, p.vessel_lateral) * n
       sy, sx = geometry.scale(n, cy)
       if is_vein:
         radius = uniform(rng, p.vein_radius) * n

@@ -191,10 +191,12 @@ def _random_config_from_name(name: str) -> Optional[RandomPhantomConfig]:
 class VeinPhantomRandom(_GeneratedPhantom):
   """The domain-randomised phantom: B-mode frames of any look with vessel (or vein) lumen masks."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {"1.0.0": "First randomised generator (issue 19).",
                    "1.1.0": "Wider vessel size, border blur and irregularity by default (vein_radius up to "
-                            "0.25, border_blur up to 0.04, irregularity up to 0.25)."}
+                            "0.25, border_blur up to 0.04, irregularity up to 0.25).",
+                   "1.2.0": "Deep vessels may run below the scan's bottom edge, up to half their height "
+                            "(max_share_below 0.5; 1.1.0: 0)."}
   # Any "<vessel|vein>_<size>px_<num_train>_<num_test>[_off_<group>...][_set_<digest>]" name is a valid config
   # (a digest once this process has made a builder with those settings).
   BUILDER_CONFIGS = [_random_config_from_name(random_phantom_config_name(128, 300, 200, "vessel"))]
