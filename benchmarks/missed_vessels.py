@@ -8,11 +8,11 @@ The run's Predictor segments every frame of the split at the frame's own size (a
 post-processing); each ground-truth vessel (connected component of the foreground) is then measured
 (`veinjax.analysis.detection`) and the components are tabulated by equivalent diameter, Weber contrast, lumen
 grey level, depth, whether the picture's edge cuts them and which edge, each row giving how many, the share
-found (most of its pixels predicted), the pixel recall and the share of all vessel pixels. Predicted components that
-touch no vessel are summarised too. `--dataset_config` measures the run on another dataset (its `dataset`
-block replaces the run's, as in eval.py): e.g. a phantom-trained run on real frames, zero-shot; with
-`validation_fraction=0` and `--split=train` on every non-test frame. Never choose anything on a test split
-with it.
+found (most of its pixels predicted), the pixel recall and the share of all vessel pixels. Predicted
+components that touch no vessel are summarised too. `--dataset_config` measures the run on another dataset
+(its `dataset` block replaces the run's, as in eval.py): e.g. a phantom-trained run on real frames,
+zero-shot; with `validation_fraction=0` and `--split=train` on every non-test frame. Never choose anything on
+a test split with it.
 """
 
 from __future__ import annotations
