@@ -7,6 +7,7 @@ r"""Training and inference speed of the real train step, with the device's matmu
   python -m benchmarks.speed --peer        # + segmentation_models_pytorch's Unet("resnet34") in the same run
   python -m benchmarks.speed --pipeline    # + the tf.data input pipeline's augmented images/s (TensorFlow)
   python -m benchmarks.speed --xla_convolutions  # + each train step with XLA's own convolutions (before/after)
+  python -m benchmarks.speed --one_pass_variance  # + each train step with flax's one-pass BatchNorm variance
   python -m benchmarks.speed --table_from=speed.jsonl        # the Markdown table of earlier JSON lines
 
 Prints one JSON line per measurement as it is made (`kind`: matmul, train, infer, pipeline, peer,
@@ -57,6 +58,11 @@ machine whose speed drifts. With --peer, JAX is left half the GPU's memory
 (XLA's own convolutions, without veinjax's CPU workarounds: the small-map matmul and the matmul weight
 gradient); its line has `convolutions: "xla"` and `veinjax_over_xla_convolutions_train` (> 1: the
 workarounds help). On GPU and TPU both steps are the same program.
+
+`--one_pass_variance`: each train step is timed a second time, traced inside
+`layers.one_pass_batch_variance()` (BatchNorm's batch variance as mean(x^2) - mean(x)^2, flax's default and
+veinjax's before issue 18; veinjax computes it in two passes for float32 accuracy); its line has
+`batch_variance: "one_pass"` and `veinjax_over_one_pass_variance_train` (< 1: the two passes cost time).
 
 `--pipeline` (TensorFlow): `veinjax.data.pipeline.create_train_dataset` on synthetic frames with the config's
 augmentation, augmented images/s (median of `--steps` epochs after one warm-up epoch). Only then is
@@ -621,8 +627,9 @@ def markdown_table(records: Sequence[dict]) -> str:
   ]
   for r in trains:
     xla_only = r.get("convolutions") == "xla"  # a train-only line (--xla_convolutions)
-    infer = {} if xla_only else infers.get((r["model"], r["encoder"], r["precision"], r["size"]), {})
-    convolutions = " (XLA's convolutions)" if xla_only else ""
+    one_pass = r.get("batch_variance") == "one_pass"  # a train-only line (--one_pass_variance)
+    infer = {} if xla_only or one_pass else infers.get((r["model"], r["encoder"], r["precision"], r["size"]), {})
+    convolutions = " (XLA's convolutions)" if xla_only else " (one-pass BN variance)" if one_pass else ""
     lines.append(
         f"| `{r['model']}`{convolutions} | {r['encoder'] or '(own)'} | {r['precision']} | {r['size']} | "
         f"{r['batch']} ({r['parallelism']}) | {_rate(r.get('images_per_s'))} | "
@@ -698,7 +705,8 @@ def _log(message: str) -> None:
 def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, parallelism: str,
         precisions: Sequence[str], num_steps: int, warmup: int, matmul_size: int = 0, matmul_reps: int = 0,
         peer: bool = False, peer_precisions: Sequence[str] | None = None, pipeline: bool = False,
-        xla_convolutions: bool = False, base: ml_collections.ConfigDict | None = None,
+        xla_convolutions: bool = False, one_pass_variance: bool = False,
+        base: ml_collections.ConfigDict | None = None,
         json_out: str = "", peer_rounds: int = 4) -> list[dict]:
   """The whole benchmark: prints JSON lines as it goes and the Markdown table at the end; all records."""
   parsed = check_inputs(model_specs, size=size, batch=batch, infer_batch=infer_batch, num_steps=num_steps,
@@ -771,6 +779,12 @@ def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, 
             plain = measure_train(config, num_steps=num_steps, warmup=warmup, variables=variables)
           emit(train_line(plain, "xla",
                           veinjax_over_xla_convolutions_train=train["images_per_s"] / plain["images_per_s"]))
+        if one_pass_variance:  # the same step traced with flax's one-pass BatchNorm variance
+          _log(f"{name}:{encoder} {precision} train with the one-pass BatchNorm variance")
+          with layers.one_pass_batch_variance():
+            one_pass = measure_train(config, num_steps=num_steps, warmup=warmup, variables=variables)
+          emit(train_line(one_pass, "veinjax", batch_variance="one_pass",
+                          veinjax_over_one_pass_variance_train=train["images_per_s"] / one_pass["images_per_s"]))
         _log(f"{name}:{encoder} {precision} infer (batch 1 and {infer_batch})")
         infer = measure_infer(config, infer_batch=infer_batch, num_steps=num_steps, warmup=warmup,
                               variables=variables, keep_timer=keep)
@@ -853,6 +867,8 @@ def _define_flags():
   flags.DEFINE_bool("pipeline", False, "Also time the tf.data input pipeline (imports TensorFlow).")
   flags.DEFINE_bool("xla_convolutions", False, "Also time each train step with XLA's own convolutions only "
                     "(without veinjax's CPU workarounds, `layers.lax_convolutions()`): their before/after.")
+  flags.DEFINE_bool("one_pass_variance", False, "Also time each train step with flax's one-pass BatchNorm "
+                    "variance (`layers.one_pass_batch_variance()`): the cost of veinjax's two-pass variance.")
   flags.DEFINE_string("json_out", "", "Also write the JSON lines to this file.")
   flags.DEFINE_string("table_from", "", "Measure nothing: print the Markdown table of this file's JSON lines "
                       "(one run's or several runs' concatenated).")
@@ -879,7 +895,7 @@ def main(argv: Sequence[str]) -> None:
     run(model_specs=f.models, size=f.size, batch=f.batch, infer_batch=f.infer_batch, parallelism=f.parallelism,
         precisions=f.precisions, num_steps=f.steps, warmup=f.warmup, matmul_size=f.matmul_size,
         matmul_reps=f.matmul_reps, peer=f.peer, peer_precisions=f.peer_precisions, pipeline=f.pipeline,
-        xla_convolutions=f.xla_convolutions, peer_rounds=f.peer_rounds,
+        xla_convolutions=f.xla_convolutions, one_pass_variance=f.one_pass_variance, peer_rounds=f.peer_rounds,
         base=f.config, json_out=f.json_out)
   except BenchmarkError as e:
     print(f"speed: error: {e}", file=sys.stderr)

@@ -111,10 +111,11 @@ def check_config(config) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def loss_fn(name: str, num_classes: int):
+def loss_fn(name: str, num_classes: int, dtype=None):
   """`loss(logits [N, C, H, W], labels int64 [N, H, W]) -> scalar`: veinjax's `config.loss` in torch.
 
-  Every image is real (weight 1), as in training. Pixels labelled IGNORE_LABEL count in no term.
+  Every image is real (weight 1), as in training. Pixels labelled IGNORE_LABEL count in no term. Computed in
+  float32 as veinjax's losses are, or in `dtype` (torch.float64: a reference for `peer_gradients`).
   """
   from veinjax import losses  # pylint: disable=g-import-not-at-top
   from veinjax.labels import IGNORE_LABEL  # pylint: disable=g-import-not-at-top
@@ -129,15 +130,16 @@ def loss_fn(name: str, num_classes: int):
 
   def cross_entropy(logits, labels):
     if num_classes == 1:
-      return functional.binary_cross_entropy_with_logits(logits[:, 0], (labels == 1).float(), reduction="none")
+      return functional.binary_cross_entropy_with_logits(logits[:, 0], (labels == 1).to(logits.dtype),
+                                                         reduction="none")
     return functional.cross_entropy(logits, labels, reduction="none")
 
   def dice(logits, labels, keep):
     if num_classes == 1:
-      probs, targets = torch.sigmoid(logits), (labels == 1).float()[:, None]
+      probs, targets = torch.sigmoid(logits), (labels == 1).to(logits.dtype)[:, None]
     else:
       probs = torch.softmax(logits, dim=1)[:, 1:]
-      targets = functional.one_hot(labels, num_classes).permute(0, 3, 1, 2)[:, 1:].float()
+      targets = functional.one_hot(labels, num_classes).permute(0, 3, 1, 2)[:, 1:].to(logits.dtype)
     keep = keep[:, None]
     probs, targets = probs * keep, targets * keep
     intersection = (probs * targets).sum(dim=(2, 3))
@@ -148,17 +150,17 @@ def loss_fn(name: str, num_classes: int):
   def focal(logits, labels):
     ce = cross_entropy(logits, labels)
     if num_classes == 1:
-      t, p = (labels == 1).float(), torch.sigmoid(logits[:, 0])
+      t, p = (labels == 1).to(logits.dtype), torch.sigmoid(logits[:, 0])
       p_t = t * p + (1.0 - t) * (1.0 - p)
       alpha_t = t * losses.FOCAL_ALPHA + (1.0 - t) * (1.0 - losses.FOCAL_ALPHA)
       return alpha_t * (1.0 - p_t) ** losses.FOCAL_GAMMA * ce
     return (1.0 - torch.exp(-ce)) ** losses.FOCAL_GAMMA * ce
 
   def loss(logits, labels):
-    logits = logits.float()
+    logits = logits.to(dtype or torch.float32)
     keep = labels != IGNORE_LABEL
     labels = torch.where(keep, labels, torch.zeros_like(labels))
-    per_example = torch.zeros(logits.shape[0], dtype=torch.float32, device=logits.device)
+    per_example = torch.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device)
     if name in ("bce", "bce_dice"):
       per_example = per_example + pixel_mean(cross_entropy(logits, labels), keep)
     if name in ("dice", "bce_dice"):

@@ -138,12 +138,12 @@ def test_bad_models_name_the_valid_choices():
 
 def test_tiny_run_prints_json_lines_and_a_table_without_tensorflow(tmp_path):
   json_out = tmp_path / "speed.jsonl"
-  result = _run_speed(TINY + [f"--json_out={json_out}", "--xla_convolutions"],
+  result = _run_speed(TINY + [f"--json_out={json_out}", "--xla_convolutions", "--one_pass_variance"],
                       epilogue="print('TENSORFLOW_IMPORTED', 'tensorflow' in sys.modules)")
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
   lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
   records = [json.loads(line) for line in lines]
-  assert [r["kind"] for r in records] == ["matmul", "matmul", "train", "train", "infer"]
+  assert [r["kind"] for r in records] == ["matmul", "matmul", "train", "train", "train", "infer"]
   for r in records:
     assert r["device"].startswith("CPU") and r["jax_version"] and r["cpu_count"] >= 1, r
     assert "xla_flags" in r and r["platform"] == "cpu"
@@ -156,6 +156,13 @@ def test_tiny_run_prints_json_lines_and_a_table_without_tensorflow(tmp_path):
   assert (train["convolutions"], plain["convolutions"]) == ("veinjax", "xla")
   assert plain["veinjax_over_xla_convolutions_train"] == pytest.approx(train["images_per_s"] / plain["images_per_s"])
   assert "| `resnet34_unet` (XLA's convolutions) | resnet18 | fp32 | 32 | 2 (pmap) |" in result.stdout
+  # --one_pass_variance: the same step again with flax's one-pass BatchNorm variance, and the ratio.
+  one_pass = records[4]
+  assert (one_pass["convolutions"], one_pass["batch_variance"], "batch_variance" in train) == ("veinjax", "one_pass",
+                                                                                                False)
+  assert one_pass["veinjax_over_one_pass_variance_train"] == pytest.approx(
+      train["images_per_s"] / one_pass["images_per_s"])
+  assert "| `resnet34_unet` (one-pass BN variance) | resnet18 | fp32 | 32 | 2 (pmap) |" in result.stdout
   assert [json.loads(line) for line in json_out.read_text().splitlines()] == records
   assert "| `resnet34_unet` | resnet18 | fp32 | 32 | 2 (pmap) |" in result.stdout
   assert "TENSORFLOW_IMPORTED False" in result.stdout

@@ -10,7 +10,8 @@ Conventions, all layers:
   for stride 2 on an even size "SAME" pads (2, 3) where PyTorch pads (3, 3), which shifts the sampling
   grid by one pixel and would make ported PyTorch weights see a different image.
 - A conv followed by BatchNorm has no bias (the BN bias makes it redundant).
-- BatchNorm uses PyTorch's defaults (momentum 0.1, i.e. flax momentum 0.9; epsilon 1e-5). Its running
+- BatchNorm uses PyTorch's defaults (momentum 0.1, i.e. flax momentum 0.9; epsilon 1e-5) and PyTorch's
+  two-pass batch variance (flax's one-pass formula loses float32 precision, see `make_norm`). Its running
   variance is flax's (the biased batch variance) unless `make_norm(running_variance="unbiased")` asks for
   PyTorch's (`BatchNorm`).
 
@@ -397,6 +398,25 @@ class BatchNorm(nn.BatchNorm):
     return n / jnp.maximum(n - 1.0, 1.0)
 
 
+_two_pass_batch_variance = True  # see one_pass_batch_variance()
+
+
+@contextlib.contextmanager
+def one_pass_batch_variance():
+  """Within this context, models traced compute BatchNorm's batch variance with flax's one-pass formula,
+  mean(x^2) - mean(x)^2 (veinjax's before issue 18), rather than in two passes.
+
+  For measuring the difference (`benchmarks.peer_gradients`, `benchmarks.speed --one_pass_variance`). As with
+  `lax_convolutions`, the choice is made when a function is traced: trace a new function inside the context.
+  """
+  global _two_pass_batch_variance
+  previous, _two_pass_batch_variance = _two_pass_batch_variance, False
+  try:
+    yield
+  finally:
+    _two_pass_batch_variance = previous
+
+
 def make_norm(
     train: bool,
     dtype: Dtype = jnp.float32,
@@ -408,7 +428,8 @@ def make_norm(
 
   `axis_name` averages the batch statistics over that pmap / shard_map axis (cross-replica BatchNorm).
   `running_variance`: "biased" (flax's, `norm` as given) or "unbiased" (PyTorch's: `BatchNorm`, which
-  then replaces a plain `nn.BatchNorm`); the variables are the same either way.
+  then replaces a plain `nn.BatchNorm`); the variables are the same either way. The batch variance is
+  computed in two passes either way (`use_fast_variance=False`; outside `one_pass_batch_variance()`).
   """
   check_running_variance(running_variance)
   variant = {}
@@ -426,6 +447,10 @@ def make_norm(
       dtype=dtype,
       param_dtype=jnp.float32,
       axis_name=axis_name,
+      # The batch variance in two passes, mean((x - mean)^2), as PyTorch computes it: flax's default one-pass
+      # mean(x^2) - mean(x)^2 cancels in float32 on channels whose mean is large against their spread; with it
+      # ResNet34-UNet trained behind PyTorch on the same batches (tests/batchnorm_variance_test.py).
+      use_fast_variance=not _two_pass_batch_variance,
       **variant,
   )
 
