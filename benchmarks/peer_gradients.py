@@ -1,11 +1,14 @@
 r"""How exact are veinjax's float32 gradients? Both frameworks from the same weights on the same batch (issue 18).
 
   python -m benchmarks.peer_gradients --config=configs/usgra_seg_best.py --config.image_size=128 [--batches=3]
+  python -m benchmarks.peer_gradients --config=... --weights_from=runs/peer_usgra_best128/veinjax/seed_0
 
 smp's `Unet(config.encoder)` is built with `torch.manual_seed(config.seed)`, its weights are mapped one to
 one onto veinjax's `resnet34_unet` (`variables_from_smp`: every leaf of veinjax's tree filled once), and the
 first `--batches` training batches of epoch 0 (veinjax's pipeline, as `peer_accuracy` feeds both) give each
-framework's gradient of the config's loss in train mode, at those same initial weights. The reference is
+framework's gradient of the config's loss in train mode, at those same initial weights (or, with
+`--weights_from=WORKDIR`, at a trained veinjax run's best state, copied into smp's model the same way: where
+training has taken the activations, which may not be where they start). The reference is
 PyTorch in float64 (model and loss); against it, per parameter tensor, the relative error
 max|g - g_ref| / max|g_ref|, summarised over the tensors (median, 90th percentile, max and the worst tensor):
 
@@ -87,6 +90,17 @@ def variables_from_smp(state_dict: Mapping[str, np.ndarray], abstract_variables)
     return array
 
   return jax.tree_util.tree_map_with_path(fill, dict(abstract_variables))
+
+
+def smp_state_dict_from(variables) -> dict[str, np.ndarray]:
+  """The inverse of `variables_from_smp`: {smp name: array in PyTorch's layout} of veinjax variables."""
+  import jax  # pylint: disable=g-import-not-at-top
+  state_dict = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(dict(variables))[0]:
+    keys = _path_keys(path)
+    array = np.asarray(leaf, np.float32)
+    state_dict[smp_name(keys[1:])] = np.transpose(array, (3, 2, 0, 1)) if keys[-1] == "kernel" else array
+  return state_dict
 
 
 def relative_errors(gradients: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -173,7 +187,7 @@ def _kernels_as_hwio(gradients: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
   return {n: np.transpose(g, (2, 3, 1, 0)) if g.ndim == 4 else g for n, g in gradients.items()}
 
 
-def run(config, num_batches: int) -> dict[str, Any]:
+def run(config, num_batches: int, weights_from: str = "") -> dict[str, Any]:
   """The per-batch summaries and the Markdown; see the module doc."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_training  # pylint: disable=g-import-not-at-top
@@ -187,12 +201,21 @@ def run(config, num_batches: int) -> dict[str, Any]:
   torch.use_deterministic_algorithms(True, warn_only=True)
   smp_model = torch_training.create_model(config, int(config.seed))
   state_dict = {k: v.detach().numpy() for k, v in smp_model.state_dict().items()}
-  abstract = jax.eval_shape(lambda: steps.init_variables(steps.create_model(config), config, jax.random.key(0)))
+  model = steps.create_model(config)
+  abstract = jax.eval_shape(lambda: steps.init_variables(model, config, jax.random.key(0)))
   variables = variables_from_smp(state_dict, abstract)
+  if weights_from:  # a trained veinjax state, in both frameworks
+    variables = jax.tree_util.tree_map(np.asarray, steps.restore_variables(config, model, weights_from)[0])
+    missing, unexpected = smp_model.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in smp_state_dict_from(variables).items()}, strict=False)
+    if unexpected or any(not name.endswith("num_batches_tracked") for name in missing):
+      raise ValueError(f"{weights_from}: its state does not fill smp's model (missing {missing[:3]}, "
+                       f"unexpected {unexpected[:3]})")
   batches = pipeline.create_train_dataset(config, epoch=0).take(num_batches).as_numpy_iterator()
   per_batch, markdown = [], []
+  start = f"the weights of {weights_from}" if weights_from else f"smp's initialisation, seed {config.seed}"
   title = (f"{config.dataset.name} {config.image_size}x{config.image_size}, {config.model} ({config.encoder}), "
-           f"loss {config.loss}, batch {config.batch_size}, seed {config.seed}")
+           f"loss {config.loss}, batch {config.batch_size}, {start}")
   veinjax_fns = {"veinjax_fp32": veinjax_gradient_fn(config, "float32"),
                  "veinjax_fp32_one_pass": veinjax_gradient_fn(config, "float32", one_pass_variance=True),
                  "veinjax_fp64": veinjax_gradient_fn(config, "float64")}
@@ -221,7 +244,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.quiet_library_logs(__file__)
   try:
-    result = run(flags.FLAGS.config, flags.FLAGS.batches)
+    result = run(flags.FLAGS.config, flags.FLAGS.batches, flags.FLAGS.weights_from)
   except torch_training.MissingPeerError as e:
     print(f"Error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -238,5 +261,7 @@ if __name__ == "__main__":
   config_flag = config_flags.DEFINE_config_file("config", None, "Training config file, e.g. "
                                                 "configs/usgra_seg_best.py.", lock_config=True)
   flags.DEFINE_integer("batches", 3, "How many training batches of epoch 0 to take the gradients on.")
+  flags.DEFINE_string("weights_from", "", "A veinjax run's workdir: take the gradients at its best state "
+                      "(both frameworks) instead of smp's initialisation.")
   flags.mark_flags_as_required(["config"])
   cli.run(main, config_flag=config_flag)

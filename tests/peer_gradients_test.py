@@ -77,6 +77,16 @@ def test_variables_from_smp_fills_each_leaf_once_in_flax_layout(abstract_variabl
   assert filled == {float(i) for i in range(232)}  # every array used exactly once
 
 
+def test_smp_state_dict_from_is_the_inverse(abstract_variables):
+  rng = np.random.default_rng(0)  # random values: a wrong transposition of a square kernel shows
+  state_dict = {name: rng.normal(size=array.shape).astype(np.float32)
+                for name, array in _fake_state_dict(abstract_variables).items()}
+  back = peer_gradients.smp_state_dict_from(peer_gradients.variables_from_smp(state_dict, abstract_variables))
+  assert back.keys() == state_dict.keys()
+  for name, array in state_dict.items():
+    np.testing.assert_array_equal(back[name], array)
+
+
 def test_variables_from_smp_names_what_is_missing_or_misshapen(abstract_variables):
   state_dict = _fake_state_dict(abstract_variables)
   missing = {k: v for k, v in state_dict.items() if k != "decoder.blocks.3.conv2.1.running_mean"}
