@@ -32,7 +32,6 @@ import csv
 import io
 import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -226,21 +225,15 @@ def run(config, workdir: str, num_seeds: int, frameworks: Sequence[str], threads
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_training  # pylint: disable=g-import-not-at-top
-  from veinjax import cli  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cli.quiet_library_logs(__file__)
-  frameworks = [f.strip() for f in flags.FLAGS.frameworks.split(",") if f.strip()]
-  try:
-    result = run(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.num_seeds, frameworks,
-                 flags.FLAGS.threads, flags.FLAGS.variant)
-  except torch_training.MissingPeerError as e:
-    print(f"Error: {e}", file=sys.stderr)
-    sys.exit(1)
-  print(result["markdown"])
+
+  def body():
+    frameworks = [f.strip() for f in flags.FLAGS.frameworks.split(",") if f.strip()]
+    print(run(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.num_seeds, frameworks, flags.FLAGS.threads,
+              flags.FLAGS.variant)["markdown"])
+
+  torch_training.peer_main(argv, __file__, body)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -236,19 +235,10 @@ def run(config, num_batches: int, weights_from: str = "") -> dict[str, Any]:
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_training  # pylint: disable=g-import-not-at-top
-  from veinjax import cli  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  cli.quiet_library_logs(__file__)
-  try:
-    result = run(flags.FLAGS.config, flags.FLAGS.batches, flags.FLAGS.weights_from)
-  except torch_training.MissingPeerError as e:
-    print(f"Error: {e}", file=sys.stderr)
-    sys.exit(1)
-  print(result["markdown"])
+  torch_training.peer_main(argv, __file__, lambda: print(
+      run(flags.FLAGS.config, flags.FLAGS.batches, flags.FLAGS.weights_from)["markdown"]))
 
 
 if __name__ == "__main__":

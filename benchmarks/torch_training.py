@@ -77,6 +77,21 @@ def import_torch():
   return torch, smp
 
 
+def peer_main(argv, main_file: str, body) -> None:
+  """A peer benchmark's absl main: no positional arguments, quiet library logs, then `body()` (which prints
+  its result); a missing torch is one line on stderr and exit status 1."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from veinjax import cli  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cli.quiet_library_logs(main_file)
+  try:
+    body()
+  except MissingPeerError as e:
+    print(f"Error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
 def _missing(name: str) -> bool:
   if name in sys.modules:
     return sys.modules[name] is None  # None: the import is blocked

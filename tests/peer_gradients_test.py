@@ -5,12 +5,20 @@ without them: the name mapping against smp's state-dict names, the filling of ve
 errors and the one-pass variance patch.
 """
 
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
 
 from benchmarks import peer_gradients
+from benchmarks import torch_training
+from conftest import ROOT
 from veinjax import models
+
+_HAS_TORCH = all(not torch_training._missing(m)  # pylint: disable=protected-access
+                 for m in torch_training._PEER_MODULES)  # pylint: disable=protected-access
 
 # smp.Unet("resnet34", in_channels=1, classes=1) has these names beside its encoder's (torchvision's), as
 # printed from segmentation-models-pytorch 0.6.0 (state_dict, without num_batches_tracked).
@@ -113,3 +121,15 @@ def test_relative_errors_and_their_summary():
   assert "| PyTorch float32 (as the reference trains) | 3 | 0.00e+00 | " in md and "| a |" in md
 
 
+
+
+@pytest.mark.skipif(_HAS_TORCH, reason="torch installed: the commands would run")
+@pytest.mark.parametrize("command", [["benchmarks.peer_gradients"],
+                                     ["benchmarks.peer_accuracy", "--workdir=unused_peer_dir"]])
+def test_commands_without_torch_say_how_to_install_it(command):
+  """Both peer benchmarks share `torch_training.peer_main`: one line naming the install, exit status 1."""
+  done = subprocess.run([sys.executable, "-m", *command, "--config=configs/quickstart.py"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 1, done.stderr[-3000:]
+  assert "Error: " in done.stderr and "pip install" in done.stderr and "Traceback" not in done.stderr
+  assert not (ROOT / "unused_peer_dir").exists()
