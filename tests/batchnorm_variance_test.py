@@ -4,10 +4,9 @@ flax's default ("fast variance") is mean(x^2) - mean(x)^2 in one pass: in float3
 catastrophically on a channel whose mean is large against its spread, and its gradient carries that error
 back. With it, veinjax trained usgra-seg's best recipe to vessel Dice 0.776 against PyTorch's 0.801 (the
 same batches, 3 seeds, behind on every seed); with the two-pass variance, 0.795 against 0.802 over 5 seeds,
-within noise (README, issue 18; the
-gradients' float32 error: `python -m benchmarks.peer_gradients`). These tests hold the two-pass variance to a
-float64 reference on such a channel, and show that the one-pass formula (`layers.one_pass_batch_variance()`)
-fails the same check.
+within noise (README, issue 18; the gradients' float32 error: `python -m benchmarks.peer_gradients`). These
+tests hold the two-pass variance to a float64 reference on such a channel, and show that the one-pass formula
+(`layers.one_pass_batch_variance()`) fails the same check.
 """
 
 import jax
