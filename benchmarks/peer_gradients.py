@@ -34,8 +34,6 @@ from typing import Any
 
 import numpy as np
 
-# The smp name of each non-encoder leaf kind of veinjax's tree (the encoder's: `pretrained.torch_name`).
-_DECODER_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 ROWS = (
     ("veinjax_fp32", "veinjax float32 (two-pass batch variance, as it trains)"),
     ("veinjax_fp32_one_pass", "veinjax float32 with flax's one-pass batch variance"),
@@ -48,15 +46,16 @@ def smp_name(path: Sequence[str]) -> str:
   """smp's state-dict name of a veinjax `resnet34_unet` variable, given by its path without the collection:
   ('decoder', 'block1', 'conv2', 'bn', 'scale') -> 'decoder.blocks.0.conv2.1.weight'."""
   from veinjax.models import pretrained  # pylint: disable=g-import-not-at-top
+  leaf_names = pretrained._LEAF_TO_TORCH  # pylint: disable=protected-access  (torchvision's leaf names, as smp's)
   *modules, leaf = path
   if modules[:1] == ["encoder"]:
     return "encoder." + pretrained.torch_name(modules[1:], leaf)
   if modules == ["head"] and leaf in ("kernel", "bias"):
-    return f"segmentation_head.0.{_DECODER_LEAF[leaf]}"
+    return f"segmentation_head.0.{leaf_names[leaf]}"
   if (len(modules) == 4 and modules[0] == "decoder" and re.fullmatch(r"block\d+", modules[1])
-      and modules[3] in ("conv", "bn") and leaf in _DECODER_LEAF):
+      and modules[3] in ("conv", "bn") and leaf in leaf_names):
     block = int(modules[1][len("block"):]) - 1
-    return f"decoder.blocks.{block}.{modules[2]}.{0 if modules[3] == 'conv' else 1}.{_DECODER_LEAF[leaf]}"
+    return f"decoder.blocks.{block}.{modules[2]}.{0 if modules[3] == 'conv' else 1}.{leaf_names[leaf]}"
   raise ValueError(f"No smp name for veinjax variable {'/'.join(path)}: not a resnet34_unet (EncoderUNet) variable")
 
 
