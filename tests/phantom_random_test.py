@@ -336,6 +336,30 @@ def test_vessel_lateral_places_centres_across_the_asked_share_of_the_width():
     pr.RandomizationRanges(vessel_lateral=(-0.1, 1.0))
 
 
+def test_hypoechoic_blobs_darken_the_tissue_and_stay_out_of_the_mask():
+  """A hypoechoic distractor is drawn last in its stream: the mask and every other draw stay as they were;
+  without a hilum the pixels it changes are darker; a probability of 0 draws none (and no random number)."""
+  plain = dict(sector_probability=0.0, letterbox_probability=0.0, overlays=False, artifacts=False)
+  without = dataclasses.replace(DEFAULT, **plain)
+  blob = dataclasses.replace(without, hypoechoic_probability=1.0, hypoechoic_hilum_probability=0.0,
+                             hypoechoic_radius=(0.1, 0.15), hypoechoic_echo=(0.25, 0.3))
+  drawn, darker, shares = 0, [], []
+  for seed in range(8):
+    off, on = _frame(seed, 96, without), _frame(seed, 96, blob)
+    np.testing.assert_array_equal(on.mask, off.mask)
+    assert "hypoechoic" not in off.info["distractors"]["drawn"]
+    kinds_before = [k for k in on.info["distractors"]["drawn"] if k != "hypoechoic"]
+    assert kinds_before == off.info["distractors"]["drawn"]
+    if "hypoechoic" in on.info["distractors"]["drawn"]:
+      drawn += 1
+      changed = np.abs(on.image.astype(np.int16) - off.image.astype(np.int16)) > 8
+      shares.append(float(changed.mean()))  # a blob in a black (rejected) layer may change little
+      darker.append(float((on.image[changed].astype(np.int16) - off.image[changed]).mean()))
+  assert drawn >= 5 and all(d < 0 for d in darker) and np.median(shares) > 0.01, (drawn, darker, shares)
+  with pytest.raises(ValueError, match="hypoechoic_probability.*\\[0, 1\\]"):
+    pr.RandomizationRanges(hypoechoic_probability=1.5)
+
+
 # ---- Speed (loose: the machine is shared) ----
 
 

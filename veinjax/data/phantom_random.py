@@ -14,8 +14,9 @@ A frame is rendered in beam space (rows = depth along the beam, columns = beams)
 2. vessels (`vessels`): veins and arteries of random size, aspect, irregularity, tilt, wall thickness and
    brightness, border blur, lumen echo (anechoic to "smoke"), partly filled (sediment, thrombus) or
    compressed lumens, posterior enhancement and edge shadows;
-3. hyperechoic distractors (`distractors`): tendons (fibrillar), nerves (honeycomb of dark fascicles in a
-   bright sheath), a bone surface with its shadow, bright specks;
+3. distractors (`distractors`): tendons (fibrillar), nerves (honeycomb of dark fascicles in a bright
+   sheath), a bone surface with its shadow, bright specks, and (`hypoechoic_probability`) a grey
+   hypoechoic blob (node, muscle belly), darker than its tissue but not a vessel;
 4. artefacts (`artifacts`): reverberation copies of the near field, haze (clutter that greys the lumens),
    acoustic shadows under a bright reflector, a lifted probe edge (a dark strip);
 5. acoustics (`gain`): attenuation with depth, time-gain compensation (a ramp plus 8 sliders), lateral

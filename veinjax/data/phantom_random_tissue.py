@@ -3,7 +3,8 @@
 `random_tissue` draws the `layers` group (1-6 layers with wavy, tilted boundaries, each with its own
 echogenicity, heterogeneity, striation, lobules and specks; echogenic, broken interfaces; the skin line and
 the near field); `phantom_tissue` is that group switched off (`phantom.py`'s anatomy). `distractors` draws
-the `distractors` group into either: a tendon, a nerve, a bone surface and bright specks, clear of the vessels.
+the `distractors` group into either: a tendon, a nerve, a bone surface, bright specks and a hypoechoic blob,
+clear of the vessels.
 """
 
 import dataclasses
@@ -213,9 +214,31 @@ def _specks(rng: np.random.Generator, p: RandomizationRanges, n: int, tissue: Ti
   return drawn
 
 
+def _hypoechoic(rng: np.random.Generator, p: RandomizationRanges, n: int, tissue: Tissue, place) -> List[str]:
+  """A grey, soft-edged blob darker than its tissue, not anechoic (the speckle stays), maybe with a bright
+  centre: what a vessel is not, although it is dark."""
+  ys, xs = coords(n)
+  a = uniform(rng, p.hypoechoic_radius) * n
+  aspect, angle, level = rng.uniform(0.4, 1.0), rng.normal(0, 0.4), uniform(rng, p.hypoechoic_echo)
+  blur, hilum = rng.uniform(0.05, 0.4), rng.random() < p.hypoechoic_hilum_probability
+  at = place(a)
+  if not at:
+    return []
+  y0, y1, x0, x1 = bbox(n, at[0], at[1], a)
+  _, _, q = _ellipse(ys[y0:y1], xs[:, x0:x1], at[0], at[1], a, max(a * aspect, 1.0), angle)
+  inside = np.clip((1 - q) / blur, 0, 1)
+  around = tissue.echo[y0:y1, x0:x1]
+  echo = around * (1 - inside * (1 - level))
+  if hilum:  # an echogenic centre, as a lymph node's: brighter than the tissue around
+    echo = echo + around * np.clip((0.35 - q) * 6, 0, 1) * rng.uniform(0.8, 2.0)
+  tissue.echo[y0:y1, x0:x1] = echo
+  return ["hypoechoic"]
+
+
 def distractors(rng: np.random.Generator, p: RandomizationRanges, n: int, tissue: Tissue,
                 vessels) -> List[str]:
-  """Draws a tendon, a nerve, a bone and specks into the tissue, clear of the vessels. -> their kinds."""
+  """Draws a tendon, a nerve, a bone, specks and a hypoechoic blob into the tissue, clear of the vessels.
+  -> their kinds."""
   place = functools.partial(_place, rng, n, tissue, vessels)
   drawn = []
   if rng.random() < p.tendon_probability:
@@ -224,4 +247,8 @@ def distractors(rng: np.random.Generator, p: RandomizationRanges, n: int, tissue
     drawn += _nerve(rng, p, n, tissue, place)
   if rng.random() < p.bone_probability:
     drawn += _bone(rng, p, n, tissue, vessels)
-  return drawn + _specks(rng, p, n, tissue, place)
+  drawn += _specks(rng, p, n, tissue, place)
+  # Last, so that the draws above (and the frames of a probability of 0) are those of generator 1.2.0.
+  if p.hypoechoic_probability > 0 and rng.random() < p.hypoechoic_probability:
+    drawn += _hypoechoic(rng, p, n, tissue, place)
+  return drawn
