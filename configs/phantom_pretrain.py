@@ -9,9 +9,10 @@ model's size, with vessel masks (veins and arteries: the usgra-seg "vessel" clas
 Adam 2e-3 with a cosine schedule, BCE + Dice, its augmentation), but with 800 train frames instead of 300 and
 5 epochs instead of 8: a randomised look per frame wants more frames (720 train frames after the 10%
 validation carve-out, 90 steps an epoch, ~8-9 min on a 2-core CPU). A longer pretraining (1500 frames, 8
-epochs) transferred no better to real frames zero-shot (measured with generator 1.0.0, README). The
-validation split is carved from the phantom's train frames, so the best checkpoint is chosen on phantom
-frames, never on real data.
+epochs) transferred no better to real frames zero-shot (measured with generator 1.0.0, README); twice the frames
+(1600 x 5) leaned better with generator 1.2.0 but not significantly at 3 seeds (+0.028 +/- 0.042 non-test Dice,
+README), so 800 stays, at half the time. The validation split is carved from the phantom's train frames, so
+the best checkpoint is chosen on phantom frames, never on real data.
 """
 
 import ml_collections
