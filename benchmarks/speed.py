@@ -44,9 +44,10 @@ the 1-minute load average (a busy machine's figures are not comparable with a qu
 `--peer` (needs `pip install torch segmentation-models-pytorch`; never a veinjax requirement, imported only
 then): smp `Unet("resnet34", encoder_weights=None, in_channels=1, classes=1)`, Adam 1e-3 + BCEWithLogits at
 the same size and batch, train images/s and inference ms at batch 1; on CUDA with channels_last, cuDNN
-benchmark mode, torch.compile and, for bf16, bf16 autocast; on CPU eager fp32 only. Its lines carry the
-veinjax/peer speed ratios of `resnet34_unet` (resnet34) in the same precision measured in the same run
-(> 1: veinjax is faster). Those two are minutes apart; then `--peer_rounds` alternating rounds (default 4:
+benchmark mode, torch.compile and, for bf16, bf16 autocast; on CPU eager, for bf16 with CPU bf16 autocast
+(oneDNN's bf16 kernels, which use AMX or AVX-512 BF16 where the CPU has them). Its lines carry the
+veinjax/peer speed ratios of `resnet34_unet` (resnet34) in the same precision measured in the same run (> 1:
+veinjax is faster). Those two are minutes apart; then `--peer_rounds` alternating rounds (default 4:
 an even count, so each framework goes first as often) time both again, each round --steps train steps and
 --steps batch-1 frames of each framework (veinjax then PyTorch, then PyTorch then veinjax, ...), on the same
 compiled step, model and state: a `head_to_head` line with each round's ms, the speed ratio of each pair
@@ -462,14 +463,12 @@ def measure_peer(*, size: int, batch: int, precision: str = "fp32", num_steps: i
                  warmup: int = 2, keep_timers: bool = False):
   """smp Unet("resnet34") with Adam 1e-3 + BCEWithLogits: train images/s and inference ms at batch 1.
 
-  On CUDA: channels_last, torch.compile, bf16 autocast for precision "bf16". On CPU: eager fp32; None for
-  "bf16" (not measured there). With `keep_timers`: (result, train timer, batch-1 inference timer), each
-  `timer(n)` the seconds of n more calls.
+  On CUDA: channels_last, torch.compile, bf16 autocast for precision "bf16". On CPU: eager, bf16 autocast for
+  "bf16" (what a PyTorch user would run on a CPU with bf16 units, veinjax's bf16 counterpart there). With
+  `keep_timers`: (result, train timer, batch-1 inference timer), each `timer(n)` the seconds of n more calls.
   """
   torch, smp = import_peer()
   cuda = torch.cuda.is_available()
-  if precision == "bf16" and not cuda:
-    return None
   device = torch.device("cuda" if cuda else "cpu")
   if cuda:
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its algorithms, as XLA autotunes
@@ -759,7 +758,7 @@ def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, 
         # The peer's model: keep its compiled step and state for the alternating rounds after the peer.
         # (Kept buffers stay allocated: a later measurement's device peak includes them.)
         keep = (peer and peer_rounds > 0 and (name, encoder) == ("resnet34_unet", "resnet34")
-                and precision in peer_precisions and (precision == "fp32" or jax.default_backend() != "cpu"))
+                and precision in peer_precisions)
         train = measure_train(config, num_steps=num_steps, warmup=warmup, variables=variables, keep_timer=keep)
         if keep:
           train, train_timer = train
@@ -811,9 +810,6 @@ def run(*, model_specs: Sequence[str], size: int, batch: int, infer_batch: int, 
         except Exception as e:  # pylint: disable=broad-except  # e.g. torch.compile failing: keep the table
           _log(f"peer {precision} failed: {type(e).__name__}: {e}")
           emit({"kind": "peer", "precision": precision, "batch": batch, "error": f"{type(e).__name__}: {e}"})
-          continue
-        if result is None:
-          _log(f"peer {precision}: not measured on CPU (bf16 autocast + torch.compile are for CUDA)")
           continue
         if rounds:
           result, peer_train_timer, peer_infer_timer = result

@@ -5,6 +5,7 @@ reports sane figures, not the figures themselves. The command runs in subprocess
 optimisations mostly off, as in this suite), which also shows what it imports.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -198,3 +199,31 @@ def test_peer_without_torch_names_the_install():
   assert result.returncode == 2, result.stderr[-3000:]
   assert speed.PEER_MISSING in result.stderr
   assert not [line for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+_HAS_PEER = all(importlib.util.find_spec(m) is not None for m in ("torch", "segmentation_models_pytorch"))
+
+
+@pytest.mark.skipif(not _HAS_PEER, reason="torch / segmentation-models-pytorch not installed")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_peer_is_measured_on_cpu_in_both_precisions(precision):
+  # bf16 on CPU too (autocast, eager): the peer of veinjax's bf16 step on CPUs with bf16 units.
+  result = speed.measure_peer(size=32, batch=2, precision=precision, num_steps=1, warmup=0)
+  assert result["autocast_bf16"] == (precision == "bf16") and result["torch_device"] == "cpu"
+  assert not result["torch_compile"] and not result["channels_last"]
+  for key in ("images_per_s", "step_ms", "first_call_s", "ms_per_frame"):
+    assert _positive_finite(result[key]), (key, result)
+
+
+@pytest.mark.skipif(not _HAS_PEER, reason="torch / segmentation-models-pytorch not installed")
+def test_bf16_peer_rounds_run_on_cpu(tmp_path):
+  # The alternating rounds need veinjax's bf16 step kept for them, on CPU as on an accelerator.
+  out = tmp_path / "speed.jsonl"
+  result = _run_speed(["--size=32", "--batch=2", "--infer_batch=2", "--precisions=bf16", "--steps=1", "--warmup=0",
+                       "--matmul_size=64", "--peer", "--peer_rounds=2", f"--json_out={out}"], timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = [json.loads(line) for line in out.read_text().splitlines()]
+  rounds = [r for r in records if r["kind"] == "head_to_head"]
+  assert [r["precision"] for r in rounds] == ["bf16"], records
+  assert len(rounds[0]["veinjax_train_ms_per_round"]) == len(rounds[0]["peer_train_ms_per_round"]) == 2
+  assert _positive_finite(rounds[0]["veinjax_over_peer_train"])
