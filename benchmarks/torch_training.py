@@ -98,6 +98,11 @@ def _missing(name: str) -> bool:
   return importlib.util.find_spec(name) is None
 
 
+def peer_installed() -> bool:
+  """Whether torch, torchvision and segmentation-models-pytorch can be imported (without importing them)."""
+  return not any(_missing(name) for name in _PEER_MODULES)
+
+
 def preload() -> bool:
   """Imports torch, torchvision and smp now, before TensorFlow (see `import_torch`); False if missing."""
   try:

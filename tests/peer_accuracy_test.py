@@ -20,7 +20,7 @@ from benchmarks import peer_accuracy
 from benchmarks import torch_training
 from conftest import ROOT, tiny_config
 
-_HAS_TORCH = all(not torch_training._missing(m) for m in torch_training._PEER_MODULES)  # pylint: disable=protected-access
+_HAS_TORCH = torch_training.peer_installed()
 needs_torch = pytest.mark.skipif(not _HAS_TORCH, reason="torch / segmentation-models-pytorch not installed")
 
 

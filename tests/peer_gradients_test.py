@@ -17,8 +17,7 @@ from benchmarks import torch_training
 from conftest import ROOT
 from veinjax import models
 
-_HAS_TORCH = all(not torch_training._missing(m)  # pylint: disable=protected-access
-                 for m in torch_training._PEER_MODULES)  # pylint: disable=protected-access
+_HAS_TORCH = torch_training.peer_installed()
 
 # smp.Unet("resnet34", in_channels=1, classes=1) has these names beside its encoder's (torchvision's), as
 # printed from segmentation-models-pytorch 0.6.0 (state_dict, without num_batches_tracked).

@@ -5,7 +5,6 @@ reports sane figures, not the figures themselves. The command runs in subprocess
 optimisations mostly off, as in this suite), which also shows what it imports.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -19,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # benchmarks/ is run from the checkout, not installed
 
 from benchmarks import speed  # noqa: E402
+from benchmarks import torch_training  # noqa: E402
 _ENV = {"device": "CPU", "device_count": 1, "jax_version": "0", "cpu_count": 2, "cpu_affinity": 2, "steps": 2,
         "warmup": 0}  # the environment fields of a record, for markdown_table
 TINY = ["--size=32", "--batch=2", "--infer_batch=2", "--models=resnet34_unet:resnet18", "--precisions=fp32",
@@ -201,7 +201,7 @@ def test_peer_without_torch_names_the_install():
   assert not [line for line in result.stdout.splitlines() if line.startswith("{")]
 
 
-_HAS_PEER = all(importlib.util.find_spec(m) is not None for m in ("torch", "segmentation_models_pytorch"))
+_HAS_PEER = torch_training.peer_installed()
 
 
 @pytest.mark.skipif(not _HAS_PEER, reason="torch / segmentation-models-pytorch not installed")
