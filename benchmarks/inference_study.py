@@ -2,6 +2,8 @@ r"""Which inference options help: post-processing steps, flip TTA and the seeds'
 
   python -m benchmarks.inference_study --workdirs=runs/qs3/resnet34_unet/seed_0,runs/qs3/resnet34_unet/seed_1,...
       [--split=test] [--min_size=0] [--out=docs/results/inference_phantom.md]
+  python -m benchmarks.inference_study --workdirs=runs/phantom_pretrain/seed_0,... \
+      --dataset_config=configs/usgra_seg.py --split=validation      # zero-shot: phantom-trained runs, real frames
 
 For each run (one seed each; the same recipe) the Predictor segments every frame of the split at its own
 size (the frames as the dataset holds them, before any resizing), and each variant is scored on those
@@ -9,7 +11,9 @@ original pixels: foreground Dice from one confusion matrix over the split, HD95 
 original frame). Variants: none, each post-processing step alone (largest, fill_holes, min_size), fill_holes +
 min_size, flip TTA, and TTA + fill_holes + min_size (keeping only the largest component is wrong for
 frames with several vessels, so it is measured alone); the paired difference to "none" is seed by seed. The
-ensemble of all runs (probabilities averaged) is scored against its members' mean.
+ensemble of all runs (probabilities averaged) is scored against its members' mean. `--dataset_config` scores
+the runs on another dataset's split (its `dataset` block replaces the runs', as in eval.py), e.g. models trained
+on the phantom on real frames.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from collections.abc import Sequence
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 import numpy as np
 
 from veinjax import cli
+from veinjax import evaluation
 from veinjax import inference
 from veinjax import metrics as metrics_lib
 from veinjax.experiments import tables
@@ -32,6 +38,9 @@ _SPLIT = flags.DEFINE_string("split", "test", "The split to score on.")
 _MIN_SIZE = flags.DEFINE_integer("min_size", 0, "min_size step in pixels of the original frame; 0 = 0.05% of "
                                  "the frame's area.")
 _OUT = flags.DEFINE_string("out", "", "Write the Markdown table here as well.")
+_DATASET_CONFIG = config_flags.DEFINE_config_file(
+    "dataset_config", None, "Score on another dataset: a config file whose `dataset` block replaces the runs' "
+    "(e.g. configs/usgra_seg.py for phantom-trained runs); the class counts must agree.", lock_config=True)
 
 
 def _split(config, split: str):
@@ -64,9 +73,13 @@ def _variants(min_size: int) -> dict[str, tuple[tuple[str, ...], PostProcess]]:
   }
 
 
-def study(workdirs: Sequence[str], split: str, min_size: int) -> str:
+def study(workdirs: Sequence[str], split: str, min_size: int, dataset_config=None) -> str:
+  """The Markdown table; `dataset_config` (a config) scores on its dataset instead of the runs' own."""
   single = [inference.Predictor.from_workdir(w, batch_size=8) for w in workdirs]
   config = single[0].config
+  trained_on = config.dataset.name
+  if dataset_config is not None:
+    config = evaluation.with_dataset_of(config, dataset_config)
   frames, labels = _split(config, split)
   min_size = min_size or max(1, int(round(0.0005 * np.median([f.shape[0] * f.shape[1] for f in frames]))))
   variants = _variants(min_size)
@@ -80,14 +93,15 @@ def study(workdirs: Sequence[str], split: str, min_size: int) -> str:
   ensemble = inference.Predictor.from_workdirs(workdirs, batch_size=8)
   ensemble_score = score([ensemble.mask(p) for p in ensemble.frame_probabilities(frames)], labels,
                          config.num_classes)
-  return _markdown(results, ensemble_score, workdirs, config, split, len(frames))
+  return _markdown(results, ensemble_score, workdirs, config, split, len(frames), trained_on)
 
 
-def _markdown(results, ensemble_score, workdirs, config, split, num_frames) -> str:
+def _markdown(results, ensemble_score, workdirs, config, split, num_frames, trained_on) -> str:
   fg = tables.foreground_name(config)
   n = len(workdirs)
-  lines = [f"## Inference options: {config.model} on {config.dataset.name} {split} ({num_frames} frames at their "
-           f"own size), {n} seeds", "",
+  scored_on = config.dataset.name
+  lines = [f"## Inference options: {config.model} on {scored_on} {split} ({num_frames} frames at their "
+           f"own size), {n} seeds" + ("" if trained_on == scored_on else f" trained on {trained_on}"), "",
            f"| Variant | {fg} Dice | Δ Dice vs none (paired) | HD95 (px) | Δ HD95 vs none (paired) |",
            "|---|---:|---:|---:|---:|"]
   base = results["none"]
@@ -115,7 +129,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.quiet_library_logs(__file__)
-  markdown = study(_WORKDIRS.value, _SPLIT.value, _MIN_SIZE.value)
+  markdown = study(_WORKDIRS.value, _SPLIT.value, _MIN_SIZE.value, _DATASET_CONFIG.value)
   print(markdown)
   if _OUT.value:
     with open(_OUT.value, "w") as f:
