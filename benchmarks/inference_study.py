@@ -10,10 +10,11 @@ size (the frames as the dataset holds them, before any resizing), and each varia
 original pixels: foreground Dice from one confusion matrix over the split, HD95 per image (pixels of the
 original frame). Variants: none, each post-processing step alone (largest, fill_holes, min_size), fill_holes +
 min_size, flip TTA, and TTA + fill_holes + min_size (keeping only the largest component is wrong for
-frames with several vessels, so it is measured alone); the paired difference to "none" is seed by seed. The
-ensemble of all runs (probabilities averaged) is scored against its members' mean. `--dataset_config` scores
-the runs on another dataset's split (its `dataset` block replaces the runs', as in eval.py), e.g. models trained
-on the phantom on real frames.
+frames with several vessels, so it is measured alone); the paired difference to "none" is seed by seed. Each
+run is scored on its own split (a carved validation split depends on the run's seed). The ensemble of all runs
+(probabilities averaged) is scored against its members' mean where their splits hold the same frames.
+`--dataset_config` scores the runs on another dataset's split (its `dataset` block replaces the runs', as in
+eval.py), e.g. models trained on the phantom on real frames.
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ _DATASET_CONFIG = config_flags.DEFINE_config_file(
 
 
 def _split(config, split: str):
+  """(frames, labels, example ids) of `split` as this run's config defines it."""
   from veinjax.data import sources  # pylint: disable=g-import-not-at-top  (TensorFlow)
   examples = list(sources.load_raw_split(config, split).as_numpy_iterator())
-  return [e["image"] for e in examples], [e["mask"].astype(np.int32) for e in examples]
+  return ([e["image"] for e in examples], [e["mask"].astype(np.int32) for e in examples],
+          [bytes(e["id"]) for e in examples])
 
 
 def score(masks: Sequence[np.ndarray], labels: Sequence[np.ndarray], num_classes: int) -> dict:
@@ -74,32 +77,41 @@ def _variants(min_size: int) -> dict[str, tuple[tuple[str, ...], PostProcess]]:
 
 
 def study(workdirs: Sequence[str], split: str, min_size: int, dataset_config=None) -> str:
-  """The Markdown table; `dataset_config` (a config) scores on its dataset instead of the runs' own."""
+  """The Markdown table; `dataset_config` (a config) scores on its dataset instead of the runs' own.
+
+  Each run is scored on its own `split`: a carved split (validation; a single folder's test) depends on the
+  run's seed, so the seeds of one recipe may hold different frames, and one run's validation frames may be
+  another's training frames. The ensemble is scored only where every run's split holds the same frames.
+  """
   single = [inference.Predictor.from_workdir(w, batch_size=8) for w in workdirs]
-  config = single[0].config
-  trained_on = config.dataset.name
-  if dataset_config is not None:
-    config = evaluation.with_dataset_of(config, dataset_config)
-  frames, labels = _split(config, split)
+  trained_on = single[0].config.dataset.name
+  configs = [p.config if dataset_config is None else evaluation.with_dataset_of(p.config, dataset_config)
+             for p in single]
+  splits = [_split(c, split) for c in configs]
+  config, (frames, labels, ids) = configs[0], splits[0]
   min_size = min_size or max(1, int(round(0.0005 * np.median([f.shape[0] * f.shape[1] for f in frames]))))
   variants = _variants(min_size)
   results = {name: [] for name in variants}
-  for predictor in single:
-    probabilities = {tta: predictor.with_options(tta=tta).frame_probabilities(frames)
+  for predictor, (run_frames, run_labels, _) in zip(single, splits):
+    probabilities = {tta: predictor.with_options(tta=tta).frame_probabilities(run_frames)
                      for tta in {tta for tta, _ in variants.values()}}
     for name, (tta, steps) in variants.items():
       masks = [predictor.mask(p, steps) for p in probabilities[tta]]
-      results[name].append(score(masks, labels, config.num_classes))
-  ensemble = inference.Predictor.from_workdirs(workdirs, batch_size=8)
-  ensemble_score = score([ensemble.mask(p) for p in ensemble.frame_probabilities(frames)], labels,
-                         config.num_classes)
-  return _markdown(results, ensemble_score, workdirs, config, split, len(frames), trained_on)
+      results[name].append(score(masks, run_labels, config.num_classes))
+  ensemble_score = None
+  if all(run_ids == ids for _, _, run_ids in splits[1:]):
+    ensemble = inference.Predictor.from_workdirs(workdirs, batch_size=8)
+    ensemble_score = score([ensemble.mask(p) for p in ensemble.frame_probabilities(frames)], labels,
+                           config.num_classes)
+  return _markdown(results, ensemble_score, workdirs, config, split, sorted({len(s[0]) for s in splits}),
+                   trained_on)
 
 
-def _markdown(results, ensemble_score, workdirs, config, split, num_frames, trained_on) -> str:
+def _markdown(results, ensemble_score, workdirs, config, split, frame_counts, trained_on) -> str:
   fg = tables.foreground_name(config)
   n = len(workdirs)
   scored_on = config.dataset.name
+  num_frames = "/".join(str(c) for c in frame_counts)
   lines = [f"## Inference options: {config.model} on {scored_on} {split} ({num_frames} frames at their "
            f"own size), {n} seeds" + ("" if trained_on == scored_on else f" trained on {trained_on}"), "",
            f"| Variant | {fg} Dice | Δ Dice vs none (paired) | HD95 (px) | Δ HD95 vs none (paired) |",
@@ -117,11 +129,15 @@ def _markdown(results, ensemble_score, workdirs, config, split, num_frames, trai
   best = max(results, key=lambda k: (statistics.mean(s["dice"] for s in results[k]), -len(k)))
   lines += ["", f"Highest mean {fg} Dice: **{best}**."]
   members = [s["dice"] for s in base]
-  lines += ["", f"Ensemble of the {n} seeds (probabilities averaged, no post-processing): {fg} Dice "
-            f"{ensemble_score['dice']:.4f}, HD95 {ensemble_score['hd95']:.2f} px; its members: Dice "
-            f"{statistics.mean(members):.4f} mean (min {min(members):.4f}, max {max(members):.4f}), HD95 "
-            f"{statistics.mean(s['hd95'] for s in base):.2f} px mean.", "",
-            "Runs: " + ", ".join(workdirs), ""]
+  if ensemble_score is None:
+    lines += ["", f"Ensemble not scored: the runs' {split} splits hold different frames (carved by each run's "
+              "seed), so one member's scored frames may be another's training frames."]
+  else:
+    lines += ["", f"Ensemble of the {n} seeds (probabilities averaged, no post-processing): {fg} Dice "
+              f"{ensemble_score['dice']:.4f}, HD95 {ensemble_score['hd95']:.2f} px; its members: Dice "
+              f"{statistics.mean(members):.4f} mean (min {min(members):.4f}, max {max(members):.4f}), HD95 "
+              f"{statistics.mean(s['hd95'] for s in base):.2f} px mean."]
+  lines += ["", "Runs: " + ", ".join(workdirs), ""]
   return "\n".join(lines)
 
 

@@ -1,11 +1,14 @@
 """benchmarks/inference_study.py: the inference options' table, on the runs' own dataset or another one."""
 
+import os
 import re
+import shutil
 
 import pytest
 
 from benchmarks import inference_study
 from veinjax import evaluation
+from veinjax import workdir as workdir_lib
 
 
 def test_dataset_config_scores_the_other_datasets_frames(trained, tmp_path):
@@ -31,3 +34,25 @@ def test_dataset_config_with_another_class_count_is_refused(trained):
   other.num_classes = 3
   with pytest.raises(ValueError, match=r"--dataset_config: its num_classes=3 differs from the run's 1"):
     inference_study.study([workdir], "test", 0, dataset_config=other)
+
+
+def test_each_run_is_scored_on_its_own_carved_split(trained, tmp_path):
+  """Two seeds of one recipe carve different validation frames: each run is scored on its own (never on
+  frames that another seed trained on), and their ensemble is not scored there; on the shared test split it
+  is. The second "seed" is the same run with another seed in its config.json, so only the carve differs."""
+  config, workdir, _ = trained
+  other_seed = str(tmp_path / "seed_1")
+  shutil.copytree(workdir, other_seed)
+  recorded = workdir_lib.load_config(other_seed)
+  recorded.seed = int(config.seed) + 1
+  with open(os.path.join(other_seed, workdir_lib.CONFIG_FILE), "w") as f:
+    f.write(recorded.to_json())
+  own = [evaluation.evaluate(workdir_lib.load_config(w), w, split="validation", output_prefix="study_")["dice"]
+         for w in (workdir, other_seed)]
+  assert own[0] != own[1]  # different frames
+
+  markdown = inference_study.study([workdir, other_seed], "validation", 0)
+  (plain,) = re.findall(r"^\| none \| ([0-9.]+)", markdown, re.MULTILINE)
+  assert float(plain) == pytest.approx(sum(own) / 2, abs=1.5e-3)
+  assert "Ensemble not scored: the runs' validation splits hold different frames" in markdown
+  assert "Ensemble of the 2 seeds" in inference_study.study([workdir, other_seed], "test", 0)
