@@ -450,13 +450,13 @@ def measure_pipeline(config, *, epochs: int = 5, num_examples: int = 64) -> dict
 
 
 def import_peer():
-  """(torch, segmentation_models_pytorch), or a BenchmarkError with the install command."""
+  """(torch, segmentation_models_pytorch), or a BenchmarkError with the install command (the import is
+  benchmarks.torch_training's, shared with the accuracy benchmarks)."""
+  from benchmarks import torch_training  # pylint: disable=g-import-not-at-top
   try:
-    import segmentation_models_pytorch as smp  # pylint: disable=g-import-not-at-top
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise BenchmarkError(f"{PEER_MISSING} (import failed: {e})") from None
-  return torch, smp
+    return torch_training.import_torch()
+  except torch_training.MissingPeerError as e:
+    raise BenchmarkError(f"{PEER_MISSING} ({e})") from None
 
 
 def measure_peer(*, size: int, batch: int, precision: str = "fp32", num_steps: int = 5,
