@@ -154,4 +154,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdirs"])
-  app.run(main)
+  cli.run(main, config_flag=_DATASET_CONFIG)  # clear errors, e.g. a --dataset_config of another class count
