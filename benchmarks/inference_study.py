@@ -34,15 +34,6 @@ from veinjax import metrics as metrics_lib
 from veinjax.experiments import tables
 from veinjax.postprocess import PostProcess
 
-_WORKDIRS = flags.DEFINE_list("workdirs", None, "train.py workdirs: the seeds of one recipe.")
-_SPLIT = flags.DEFINE_string("split", "test", "The split to score on.")
-_MIN_SIZE = flags.DEFINE_integer("min_size", 0, "min_size step in pixels of the original frame; 0 = 0.05% of "
-                                 "the frame's area.")
-_OUT = flags.DEFINE_string("out", "", "Write the Markdown table here as well.")
-_DATASET_CONFIG = config_flags.DEFINE_config_file(
-    "dataset_config", None, "Score on another dataset: a config file whose `dataset` block replaces the runs' "
-    "(e.g. configs/usgra_seg.py for phantom-trained runs); the class counts must agree.", lock_config=True)
-
 
 def _split(config, split: str):
   """(frames, labels, example ids) of `split` as this run's config defines it."""
@@ -145,13 +136,22 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.quiet_library_logs(__file__)
-  markdown = study(_WORKDIRS.value, _SPLIT.value, _MIN_SIZE.value, _DATASET_CONFIG.value)
+  args = flags.FLAGS
+  markdown = study(args.workdirs, args.split, args.min_size, args.dataset_config)
   print(markdown)
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
+  if args.out:
+    with open(args.out, "w") as f:
       f.write(markdown)
 
 
 if __name__ == "__main__":
+  # Flags only when run as a program, so that tests import study() beside other benchmarks' flags.
+  flags.DEFINE_list("workdirs", None, "train.py workdirs: the seeds of one recipe.")
+  flags.DEFINE_string("split", "test", "The split to score on.")
+  flags.DEFINE_integer("min_size", 0, "min_size step in pixels of the original frame; 0 = 0.05% of the frame's area.")
+  flags.DEFINE_string("out", "", "Write the Markdown table here as well.")
+  dataset_config = config_flags.DEFINE_config_file(
+      "dataset_config", None, "Score on another dataset: a config file whose `dataset` block replaces the runs' "
+      "(e.g. configs/usgra_seg.py for phantom-trained runs); the class counts must agree.", lock_config=True)
   flags.mark_flags_as_required(["workdirs"])
-  cli.run(main, config_flag=_DATASET_CONFIG)  # clear errors, e.g. a --dataset_config of another class count
+  cli.run(main, config_flag=dataset_config)  # clear errors, e.g. a --dataset_config of another class count

@@ -3,6 +3,8 @@
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -56,3 +58,13 @@ def test_each_run_is_scored_on_its_own_carved_split(trained, tmp_path):
   assert float(plain) == pytest.approx(sum(own) / 2, abs=1.5e-3)
   assert "Ensemble not scored: the runs' validation splits hold different frames" in markdown
   assert "Ensemble of the 2 seeds" in inference_study.study([workdir, other_seed], "test", 0)
+
+
+def test_program_names_a_bad_dataset_config(trained):
+  """Run as a program (its flags exist only then): a --dataset_config that does not load is one clear error."""
+  _, workdir, _ = trained
+  result = subprocess.run([sys.executable, "-m", "benchmarks.inference_study", f"--workdirs={workdir}",
+                           "--dataset_config=configs/no_such_config.py"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=300)
+  assert result.returncode != 0
+  assert "--dataset_config: the config file does not load" in result.stderr, result.stderr[-2000:]
