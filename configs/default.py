@@ -109,6 +109,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.warmup_epochs = 0.0
   config.weight_decay = 0.0  # > 0 switches Adam to AdamW
   config.grad_clip_norm = 0.0  # 0 = no clipping
+  # > 0: keep an exponential moving average of the weights and BatchNorm statistics over about
+  # 1 / (1 - ema_decay) steps (bias-corrected: veinjax.steps.ema_update); the run evaluates, chooses and
+  # checkpoints the average as its model (the trained weights are kept for resuming).
+  config.ema_decay = 0.0
   config.loss = "bce"  # bce | dice | bce_dice | focal (softmax cross-entropy when num_classes > 1)
   config.half_precision = False  # bf16 computation; float32 parameters and loss
 

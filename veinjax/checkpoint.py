@@ -358,7 +358,8 @@ def _restore(restore_fn, where: str, model_target, opt_target, fingerprint):
     # The model shapes matched, so a failure here is the optimizer state's structure.
     raise CheckpointMismatchError(
         f"Could not restore the checkpoint {where}: its optimizer state does not fit this config's optimizer "
-        f"(--config.optimizer, weight_decay, grad_clip_norm, lr_schedule must match the run that wrote it; "
+        f"(--config.optimizer, weight_decay, grad_clip_norm, lr_schedule, ema_decay on or off must match the run "
+        f"that wrote it; "
         f"saved fingerprint {meta.get('fingerprint')}). Original error: {e}") from e
   opt = _to_numpy(restored["opt"]) if opt_target is not None else None
   meta["path"] = where

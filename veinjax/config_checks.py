@@ -48,6 +48,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   steps.create_model(config)  # model, encoder, num_classes
   losses.get_loss_fn(config.loss, config.num_classes)
   steps.create_optimizer(config, steps.create_learning_rate_fn(config, steps_per_epoch=1))
+  steps.ema_decay(config)
   steps.check_choice(config.eval_split, EVAL_SPLITS, "--config.eval_split")
   parallel.check_mode(config.parallelism)
   initialization.check_config(config)  # encoder_weights / init_from (their files: when a fresh run reads them)

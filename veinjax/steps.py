@@ -13,6 +13,7 @@ without TensorFlow, so an accelerator machine without it can train on numpy batc
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,8 +47,20 @@ def check_choice(value: str, choices, flag: str) -> None:
 
 
 class TrainState(train_state.TrainState):
-  """Flax's TrainState (step, params, opt_state, apply_fn, tx) plus BatchNorm statistics."""
+  """Flax's TrainState (step, params, opt_state, apply_fn, tx) plus BatchNorm statistics, and with
+  `config.ema_decay` > 0 the exponential moving average of both (`ema`: {'params', 'batch_stats'}; None when
+  off), which is what the run evaluates and its checkpoints' model holds (see `ema_update`)."""
   batch_stats: Any = None
+  ema: Any = None
+
+
+def ema_decay(config: ml_collections.ConfigDict) -> float:
+  """`config.ema_decay` (0, the default and a config.json written before the field existed: no average),
+  checked: 0 <= decay < 1."""
+  decay = config.get("ema_decay", 0.0)
+  if not isinstance(decay, (int, float)) or isinstance(decay, bool) or not 0.0 <= decay < 1.0:
+    raise ValueError(f"--config.ema_decay must be in [0, 1) (0: no weight average; e.g. 0.999); got {decay!r}.")
+  return float(decay)
 
 
 def create_model(config: ml_collections.ConfigDict, bn_axis_name: str | None = None) -> flax.linen.Module:
@@ -161,18 +174,42 @@ def create_train_state(config, model: flax.linen.Module, learning_rate_fn: optax
   rng = jax.random.key(config.seed) if rng is None else rng
   tx = create_optimizer(config, learning_rate_fn)
 
+  use_ema = ema_decay(config) > 0
+
   def make(rng):
     init = init_variables(model, config, rng) if variables is None else variables
+    # The first step replaces the average's start (`ema_update`); a copy, as the state is donated under jit.
+    ema = None
+    if use_ema:
+      ema = jax.tree.map(jnp.array, {"params": init["params"], "batch_stats": init["batch_stats"]})
     return TrainState.create(apply_fn=model.apply, params=init["params"], tx=tx,
-                             batch_stats=init["batch_stats"])
+                             batch_stats=init["batch_stats"], ema=ema)
 
   return jax.eval_shape(make, rng) if abstract else make(rng)
 
 
+def model_variables(state: TrainState) -> dict:
+  """The variables the run evaluates and checkpoints as its model: the weight average where there is one."""
+  if state.ema is not None:
+    return state.ema
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
 def split_state(state: TrainState) -> tuple[dict, dict]:
-  """The checkpoint items of a (host) state: the model and what resuming adds."""
-  return ({"params": state.params, "batch_stats": state.batch_stats},
-          {"opt_state": state.opt_state, "step": state.step})
+  """The checkpoint items of a (host) state: the model (`model_variables`, what eval, inference, export and
+  init_from read) and what resuming adds (with a weight average, the trained variables themselves)."""
+  resume = {"opt_state": state.opt_state, "step": state.step}
+  if state.ema is not None:
+    resume["train_variables"] = {"params": state.params, "batch_stats": state.batch_stats}
+  return model_variables(state), resume
+
+
+def join_state(abstract: TrainState, model_tree: dict, opt_tree: dict) -> TrainState:
+  """The inverse of `split_state`: the state of `abstract`'s structure from restored checkpoint items."""
+  trained = opt_tree["train_variables"] if abstract.ema is not None else model_tree
+  return abstract.replace(params=trained["params"], batch_stats=trained["batch_stats"],
+                          opt_state=opt_tree["opt_state"], step=opt_tree["step"],
+                          ema=model_tree if abstract.ema is not None else None)
 
 
 def restore_variables(config, model: flax.linen.Module, workdir: str,
@@ -187,6 +224,17 @@ def restore_variables(config, model: flax.linen.Module, workdir: str,
 # ---- Steps ----
 
 
+def ema_update(ema: PyTree, variables: PyTree, step: jax.Array, decay: float) -> PyTree:
+  """The weight average after optimizer step `step` (1 for the first): the mean of the variables after steps
+  1..step weighted decay**(step - i), normalised as Adam corrects its moments' bias, so neither the
+  initialisation nor a zero start weighs in. As an update: ema <- d ema + (1 - d) variables with
+  d = decay (1 - decay**(step - 1)) / (1 - decay**step): 0 at the first step (the average is its variables),
+  about (step - 1) / step (a plain mean) while step << 1 / (1 - decay), then `decay`."""
+  t, log_decay = jnp.asarray(step, jnp.float32), math.log(decay)
+  d = decay * jnp.expm1((t - 1.0) * log_decay) / jnp.expm1(t * log_decay)  # (1 - decay**n = -expm1(n log decay))
+  return jax.tree.map(lambda e, v: (d * e + (1.0 - d) * v).astype(e.dtype), ema, variables)
+
+
 def _psum(x, axis_name):
   return x if axis_name is None else jax.lax.psum(x, axis_name)
 
@@ -196,9 +244,10 @@ def _pmean(x, axis_name):
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, loss_fn: losses.LossFn,
-               learning_rate_fn: optax.Schedule, num_classes: int,
-               axis_name: str | None = None) -> tuple[TrainState, dict]:
-  """One optimizer step on a batch {'image' [N,H,W,C], 'label' [N,H,W]}.
+               learning_rate_fn: optax.Schedule, num_classes: int, axis_name: str | None = None,
+               ema_decay: float = 0.0) -> tuple[TrainState, dict]:
+  """One optimizer step on a batch {'image' [N,H,W,C], 'label' [N,H,W]}; where the state keeps a weight
+  average (`state.ema`), it is updated with `ema_decay` (`ema_update`).
 
   Pixels labelled `veinjax.labels.IGNORE_LABEL` count in neither the loss (if `loss_fn` was built with
   ignore_label=True, see `veinjax.losses`) nor the confusion matrix.
@@ -218,6 +267,9 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, loss_fn: lo
   # Equal per-device batches: the mean of the per-device mean gradients is the global-batch gradient.
   grads = _pmean(grads, axis_name)
   new_state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+  if state.ema is not None:
+    new_state = new_state.replace(ema=ema_update(
+        state.ema, {"params": new_state.params, "batch_stats": new_state.batch_stats}, new_state.step, ema_decay))
   pred = metrics_lib.predictions(logits, num_classes)
   confusion = metrics_lib.confusion_matrix(pred, labels, metrics_lib.num_labels_for_classes(num_classes), weights)
   return new_state, {"loss": _pmean(loss, axis_name), "confusion": _psum(confusion, axis_name),
@@ -267,4 +319,5 @@ def wrap_train_step(config, par: parallel.DataParallel, learning_rate_fn: optax.
   """`train_step` with the config's loss and schedule, under `par`'s parallelism."""
   loss_fn = config_loss_fn(config)
   return par.wrap_train_step(functools.partial(
-      train_step, loss_fn=loss_fn, learning_rate_fn=learning_rate_fn, num_classes=config.num_classes))
+      train_step, loss_fn=loss_fn, learning_rate_fn=learning_rate_fn, num_classes=config.num_classes,
+      ema_decay=ema_decay(config)))

@@ -219,8 +219,7 @@ def _restore_or_init(run: _Run) -> tuple[steps.TrainState, _Progress]:
           f"The checkpoint in {run.workdir} was written with {meta.get('steps_per_epoch')} steps per epoch, "
           f"this config gives {run.steps_per_epoch} (batch_size or the train split changed): resuming would "
           "not continue the same run. Restore those settings or train into a fresh --workdir.")
-    host_state = abstract.replace(params=model_tree["params"], batch_stats=model_tree["batch_stats"],
-                                  opt_state=opt_tree["opt_state"], step=opt_tree["step"])
+    host_state = steps.join_state(abstract, model_tree, opt_tree)
     workdir_lib.truncate_history(run.workdir, int(meta["step"]))
     if meta["step"] >= run.total_steps:
       logging.info("%s already holds the finished run (step %d of %d); nothing to train.",
@@ -380,8 +379,7 @@ def _evaluate_and_record(run: _Run, state, progress: _Progress) -> dict | None:
     return None
   eval_start = time.time()
   panels = evaluation.PanelCollector(config.num_summary_images)
-  eval_metrics = evaluation.evaluate_split(config, run.par, run.p_eval_step,
-                                           {"params": state.params, "batch_stats": state.batch_stats},
+  eval_metrics = evaluation.evaluate_split(config, run.par, run.p_eval_step, steps.model_variables(state),
                                            config.eval_split, on_example=panels)
   eval_seconds = time.time() - eval_start
   record.update({"val_loss": eval_metrics["loss"], **{k: v for k, v in eval_metrics.items() if k != "loss"},

@@ -43,7 +43,7 @@ ADDED_FIELDS = {"encoder_weights": "", "init_from": "", "init_from_checkpoint": 
                 "input_mean": [], "input_std": [], "dataset.high_bit_depth": "auto", "dataset.group_pattern": "",
                 "final_fit": False, "bn_running_variance": "biased", "model_init": "veinjax",
                 "unet_widths": list(unet.UNET_WIDTHS), "dataset.phantom_random_off": "",
-                "dataset.phantom_random_settings": ""}
+                "dataset.phantom_random_settings": "", "ema_decay": 0.0}
 
 
 def to_jsonable(value):
