@@ -7,8 +7,10 @@ Layout inside a workdir:
 
 Each checkpoint holds three orbax items:
 
-- `model`: {'params', 'batch_stats'}: all that inference needs, restorable on its own.
-- `opt`: {'opt_state', 'step'}: what resuming training needs besides the model.
+- `model`: {'params', 'batch_stats'}: all that inference needs, restorable on its own (with
+  `config.ema_decay` > 0 the weight average: `veinjax.steps.split_state`).
+- `opt`: {'opt_state', 'step'}: what resuming training needs besides the model (with a weight average also
+  'train_variables', the trained {'params', 'batch_stats'}).
 - `meta`: JSON: global step, data-iterator position (epoch, step in epoch, steps per epoch), the running
   training statistics of a partly done epoch, the evaluation metrics, and the fingerprint (model, encoder,
   classes, channels) plus every parameter shape. Before any array is read, the fingerprint and the
