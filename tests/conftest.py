@@ -129,3 +129,23 @@ def fill_disk_during_meta_writes(monkeypatch, managers, step, error):
     return await original(self, item, directory)
 
   monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", failing)
+
+
+class Crash(Exception):
+  """What `CrashingDataset` raises: a job killed mid-epoch."""
+
+
+class CrashingDataset:
+  """Wraps one epoch's tf.data.Dataset; iterating it dies after `after` batches, like a killed job."""
+
+  def __init__(self, ds, after):
+    self.ds, self.after = ds, after
+
+  def skip(self, k):
+    return CrashingDataset(self.ds.skip(k), self.after - k)
+
+  def as_numpy_iterator(self):
+    for i, batch in enumerate(self.ds.as_numpy_iterator()):
+      if i == self.after:
+        raise Crash("killed")
+      yield batch

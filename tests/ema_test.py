@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import Crash, CrashingDataset, tiny_config
 
 from veinjax import checkpoint
 from veinjax import evaluation
@@ -85,28 +85,14 @@ def test_a_bad_ema_decay_is_refused_naming_the_flag(phantom_data_dir, value):
     validate_config(config)
 
 
-class _Crash(Exception):
-  pass
-
-
 def _crash_in_epoch_2(monkeypatch):
   """pipeline.create_train_dataset's epoch 2 dies after 3 batches (the run is killed after step 7)."""
   from veinjax.data import pipeline  # pylint: disable=g-import-not-at-top
   original = pipeline.create_train_dataset
 
-  class Crashing:
-    def __init__(self, ds):
-      self.ds = ds
-
-    def as_numpy_iterator(self):
-      for i, batch in enumerate(self.ds.as_numpy_iterator()):
-        if i == 3:
-          raise _Crash("killed")
-        yield batch
-
   def crashing(cfg, *, epoch, **kwargs):
     ds = original(cfg, epoch=epoch, **kwargs)
-    return Crashing(ds) if epoch == 1 else ds
+    return CrashingDataset(ds, after=3) if epoch == 1 else ds
 
   monkeypatch.setattr(pipeline, "create_train_dataset", crashing)
   return lambda: monkeypatch.setattr(pipeline, "create_train_dataset", original)
@@ -129,7 +115,7 @@ def test_a_run_with_ema_resumes_exactly_and_checkpoints_the_average(phantom_data
   result = train_lib.train_and_evaluate(config, straight_dir)
   assert result["step"] == 8
   restore_pipeline = _crash_in_epoch_2(monkeypatch)
-  with pytest.raises(_Crash):
+  with pytest.raises(Crash):
     train_lib.train_and_evaluate(config, killed_dir)
   restore_pipeline()
   train_lib.train_and_evaluate(config, killed_dir)  # resumes from the mid-epoch checkpoint of step 6

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import fill_disk_during_meta_writes, tiny_config
+from conftest import Crash, CrashingDataset, fill_disk_during_meta_writes, tiny_config
 
 from veinjax import checkpoint
 from veinjax import evaluation
@@ -132,26 +132,6 @@ def test_load_for_inference_matches_evaluation(trained):
     assert ours[key] == pytest.approx(evaluated[key], abs=1e-12), key
 
 
-class _Crash(Exception):
-  pass
-
-
-class _CrashingDataset:
-  """Wraps one epoch's tf.data.Dataset; iterating it dies after `after` batches, like a killed job."""
-
-  def __init__(self, ds, after):
-    self.ds, self.after = ds, after
-
-  def skip(self, k):
-    return _CrashingDataset(self.ds.skip(k), self.after - k)
-
-  def as_numpy_iterator(self):
-    for i, batch in enumerate(self.ds.as_numpy_iterator()):
-      if i == self.after:
-        raise _Crash("killed")
-      yield batch
-
-
 def test_resume_after_interruption_equals_uninterrupted_run(trained, tmp_path, monkeypatch):
   config, straight_dir, _ = trained
   from veinjax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -159,11 +139,11 @@ def test_resume_after_interruption_equals_uninterrupted_run(trained, tmp_path, m
 
   def crashing(cfg, *, epoch, **kwargs):
     ds = original(cfg, epoch=epoch, **kwargs)
-    return _CrashingDataset(ds, after=3) if epoch == 1 else ds
+    return CrashingDataset(ds, after=3) if epoch == 1 else ds
 
   workdir = str(tmp_path / "interrupted")
   monkeypatch.setattr(pipeline, "create_train_dataset", crashing)
-  with pytest.raises(_Crash):
+  with pytest.raises(Crash):
     train_lib.train_and_evaluate(config, workdir)
   monkeypatch.setattr(pipeline, "create_train_dataset", original)
   # Killed during epoch 2 (steps 5..8) after step 7; the last checkpoint is the mid-epoch one of step 6.

@@ -188,11 +188,14 @@ def create_train_state(config, model: flax.linen.Module, learning_rate_fn: optax
   return jax.eval_shape(make, rng) if abstract else make(rng)
 
 
+def trained_variables(state: TrainState) -> dict:
+  """{'params', 'batch_stats'} as trained (never the weight average)."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
 def model_variables(state: TrainState) -> dict:
   """The variables the run evaluates and checkpoints as its model: the weight average where there is one."""
-  if state.ema is not None:
-    return state.ema
-  return {"params": state.params, "batch_stats": state.batch_stats}
+  return state.ema if state.ema is not None else trained_variables(state)
 
 
 def split_state(state: TrainState) -> tuple[dict, dict]:
@@ -200,7 +203,7 @@ def split_state(state: TrainState) -> tuple[dict, dict]:
   init_from read) and what resuming adds (with a weight average, the trained variables themselves)."""
   resume = {"opt_state": state.opt_state, "step": state.step}
   if state.ema is not None:
-    resume["train_variables"] = {"params": state.params, "batch_stats": state.batch_stats}
+    resume["train_variables"] = trained_variables(state)
   return model_variables(state), resume
 
 
@@ -268,8 +271,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, loss_fn: lo
   grads = _pmean(grads, axis_name)
   new_state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
   if state.ema is not None:
-    new_state = new_state.replace(ema=ema_update(
-        state.ema, {"params": new_state.params, "batch_stats": new_state.batch_stats}, new_state.step, ema_decay))
+    new_state = new_state.replace(ema=ema_update(state.ema, trained_variables(new_state), new_state.step, ema_decay))
   pred = metrics_lib.predictions(logits, num_classes)
   confusion = metrics_lib.confusion_matrix(pred, labels, metrics_lib.num_labels_for_classes(num_classes), weights)
   return new_state, {"loss": _pmean(loss, axis_name), "confusion": _psum(confusion, axis_name),
