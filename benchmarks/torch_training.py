@@ -316,9 +316,10 @@ def train_and_evaluate(config, workdir: str, threads: int = 0) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
       optimizer.step()
       step += 1
-      loss_sum += float(value)
-      if not np.isfinite(float(value)):
-        raise FloatingPointError(f"The PyTorch reference's loss is {float(value)} at step {step} ({workdir}).")
+      loss_value = value.item()  # .item() reads the scalar without torch's requires_grad warning
+      loss_sum += loss_value
+      if not np.isfinite(loss_value):
+        raise FloatingPointError(f"The PyTorch reference's loss is {loss_value} at step {step} ({workdir}).")
     done = epoch + 1
     if done % config.eval_every_epochs and done != config.num_epochs:
       continue
